@@ -1,1 +1,575 @@
-#![no_std]
+//! FGBI — fine-grained block incremental codec for Resilire epochs.
+//!
+//! An epoch travels as a sequence of *chunks* (the opaque payload of EPOCH-data frames). A chunk
+//! is a sequence of whole, self-delimiting records, at most [`MAX_CHUNK_LEN`] bytes; each record
+//! rewrites one 4 KiB page of the protected VM's image. The record format is documented in
+//! `FORMAT.md` beside this crate.
+//!
+//! * The [`Decoder`] (always available, `no_std` + `alloc`) applies chunks to any
+//!   [`PageTarget`] — typically the staging area of the checkpoint store. It never panics on
+//!   input: every length is checked and every failure is a [`DecodeError`].
+//! * The [`Encoder`] (feature `std`, on by default) runs on the primary. It keeps a shadow copy of
+//!   the content last sent and a bounded content index, and chooses per page, by measured size,
+//!   between a block delta (skips, zero blocks, XOR with zero-run coding, references to content
+//!   the backup already has), zstd of that delta, and the raw page.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+#[cfg(feature = "std")]
+mod encoder;
+#[cfg(feature = "std")]
+pub use encoder::{EncodeStats, Encoder, EncoderConfig, MemoryOverhead};
+
+/// Size of a guest page; the unit of dirty tracking and of records.
+pub const PAGE_SIZE: usize = 4096;
+/// Largest chunk the decoder accepts (and the encoder produces by default).
+pub const MAX_CHUNK_LEN: usize = 1 << 20;
+/// Smallest supported block size.
+pub const MIN_BLOCK_SIZE: usize = 32;
+/// Largest supported block size (one block per page).
+pub const MAX_BLOCK_SIZE: usize = PAGE_SIZE;
+/// Default block size.
+pub const DEFAULT_BLOCK_SIZE: usize = 64;
+/// Largest (decompressed) op stream of one page record the decoder accepts.
+pub const MAX_OPS_LEN: usize = 2 * PAGE_SIZE;
+/// Largest record the encoder ever writes (a raw page: tag, 10-byte pfn varint, page).
+pub const MAX_RECORD_LEN: usize = 1 + 10 + PAGE_SIZE;
+
+/// Record tags (first byte of every record).
+pub mod tag {
+    /// The page becomes all zeros. No payload.
+    pub const ZERO_PAGE: u8 = 0x01;
+    /// The page is given whole: 4096 bytes follow.
+    pub const RAW_PAGE: u8 = 0x02;
+    /// The page is rewritten by an op stream: `varint len`, then `len` bytes of ops.
+    pub const OPS: u8 = 0x03;
+    /// Like [`OPS`], but the op stream is zstd-compressed: `varint raw_len`, `varint clen`,
+    /// then a zstd frame of `clen` bytes *without* its 4-byte magic number.
+    pub const ZOPS: u8 = 0x04;
+}
+
+/// Op kinds of a page's op stream (high 3 bits of an op byte).
+pub mod op {
+    /// Blocks unchanged.
+    pub const SKIP: u8 = 0;
+    /// Blocks become zero.
+    pub const ZERO: u8 = 1;
+    /// Blocks given literally (`n * block_size` bytes follow).
+    pub const LIT: u8 = 2;
+    /// Blocks XORed with a zero-run coded delta (see [`crate::zrle`]).
+    pub const XOR: u8 = 3;
+    /// Blocks copied from consecutive blocks of the image (`varint zigzag delta` follows).
+    pub const REF: u8 = 4;
+}
+
+/// Checks that `block_size` is a power of two in `MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE`.
+pub fn check_block_size(block_size: usize) -> Result<(), BlockSizeError> {
+    if block_size.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        Ok(())
+    } else {
+        Err(BlockSizeError(block_size))
+    }
+}
+
+/// A block size outside the supported set (powers of two, 32 to 4096).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSizeError(pub usize);
+
+impl fmt::Display for BlockSizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unsupported block size {} (power of two in 32..=4096)", self.0)
+    }
+}
+
+/// LEB128 unsigned varints.
+pub mod varint {
+    use alloc::vec::Vec;
+
+    /// Appends `v` as a LEB128 varint.
+    pub fn put(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Number of bytes [`put`] writes for `v`.
+    pub fn len(v: u64) -> usize {
+        let bits = 64 - (v | 1).leading_zeros() as usize;
+        bits.div_ceil(7)
+    }
+
+    /// Zigzag-maps a signed value to unsigned.
+    pub fn zigzag(v: i64) -> u64 {
+        ((v << 1) ^ (v >> 63)) as u64
+    }
+
+    /// Inverse of [`zigzag`].
+    pub fn unzigzag(v: u64) -> i64 {
+        ((v >> 1) as i64) ^ -((v & 1) as i64)
+    }
+}
+
+/// A bounds-checked reader over input bytes; every failure is [`Malformed`].
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+/// Input bytes that do not form a valid encoding (truncated, overlong, out of range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+impl<'a> Cursor<'a> {
+    /// Reads from `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf }
+    }
+    /// True when every byte was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    /// Bytes left.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+    /// Reads one byte.
+    pub fn u8(&mut self) -> Result<u8, Malformed> {
+        let (&b, rest) = self.buf.split_first().ok_or(Malformed)?;
+        self.buf = rest;
+        Ok(b)
+    }
+    /// Reads a LEB128 varint of at most 10 bytes that fits in a u64.
+    pub fn varint(&mut self) -> Result<u64, Malformed> {
+        let mut v: u64 = 0;
+        for i in 0..10u32 {
+            let b = self.u8()?;
+            let part = u64::from(b & 0x7f);
+            if i == 9 && part > 1 {
+                return Err(Malformed);
+            }
+            v |= part << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Malformed)
+    }
+    /// Reads a varint that must be at most `max`, as usize.
+    pub fn varint_max(&mut self, max: usize) -> Result<usize, Malformed> {
+        let v = self.varint()?;
+        if v > max as u64 {
+            return Err(Malformed);
+        }
+        Ok(v as usize)
+    }
+    /// Takes the next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if n > self.buf.len() {
+            return Err(Malformed);
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+}
+
+/// Zero-run coding of XOR deltas (XBZRLE-like), shared by FGBI and the bench's baseline.
+///
+/// A delta covering `len` bytes is a sequence of pairs `varint zero_run, varint lit_len,
+/// lit_len bytes` whose runs add up to exactly `len`; a pair with both runs zero is invalid.
+/// Literal bytes are XORed into the target, zero runs leave it unchanged.
+pub mod zrle {
+    use super::{varint, Cursor, Malformed};
+    use alloc::vec::Vec;
+
+    #[inline]
+    fn equal_prefix(a: &[u8], b: &[u8]) -> usize {
+        let mut i = 0;
+        let n = a.len().min(b.len());
+        while i + 8 <= n {
+            let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]))
+                ^ u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+            if x != 0 {
+                return i + (x.trailing_zeros() / 8) as usize;
+            }
+            i += 8;
+        }
+        while i < n && a[i] == b[i] {
+            i += 1;
+        }
+        i
+    }
+
+    /// Appends the zero-run coded XOR of `old` and `new` (equal lengths) to `out`.
+    pub fn encode_xor(old: &[u8], new: &[u8], out: &mut Vec<u8>) {
+        let n = old.len().min(new.len());
+        let mut i = 0;
+        while i < n {
+            let zs = i;
+            i += equal_prefix(&old[i..n], &new[i..n]);
+            let ls = i;
+            // Literal run: stop at a gap of 3 or more equal bytes (a shorter gap costs less
+            // inside the literal than a new pair), or at the end.
+            while i < n {
+                if old[i] != new[i] {
+                    i += 1;
+                    continue;
+                }
+                let g = equal_prefix(&old[i..n], &new[i..n]);
+                if g >= 3 || i + g == n {
+                    break;
+                }
+                i += g;
+            }
+            varint::put(out, (ls - zs) as u64);
+            varint::put(out, (i - ls) as u64);
+            out.extend(old[ls..i].iter().zip(&new[ls..i]).map(|(a, b)| a ^ b));
+            if ls == i {
+                // Only trailing zeros were left.
+                break;
+            }
+        }
+    }
+
+    /// Reads a delta covering `target.len()` bytes from `cur` and XORs it into `target`.
+    pub fn apply_xor(cur: &mut Cursor<'_>, target: &mut [u8]) -> Result<(), Malformed> {
+        let mut pos = 0usize;
+        while pos < target.len() {
+            let left = target.len() - pos;
+            let z = cur.varint_max(left)?;
+            let l = cur.varint_max(left - z)?;
+            if z == 0 && l == 0 {
+                return Err(Malformed);
+            }
+            pos += z;
+            let lit = cur.take(l)?;
+            let dst = target.get_mut(pos..pos + l).ok_or(Malformed)?;
+            for (d, s) in dst.iter_mut().zip(lit) {
+                *d ^= *s;
+            }
+            pos += l;
+        }
+        Ok(())
+    }
+}
+
+/// Where decoded pages go: the staged image of one VM.
+///
+/// The decoder reads the staged image as it is *before* the record being applied (references and
+/// deltas are relative to it) and writes whole pages. It guarantees `pfn < page_count()` and
+/// `offset + out.len() <= PAGE_SIZE` on every call.
+pub trait PageTarget {
+    /// Error of the target (for example "out of memory"); aborts the chunk.
+    type Error;
+    /// Number of pages of the image.
+    fn page_count(&self) -> u64;
+    /// Reads `out.len()` bytes of page `pfn` at `offset`.
+    fn read_bytes(&mut self, pfn: u64, offset: usize, out: &mut [u8]) -> Result<(), Self::Error>;
+    /// Replaces page `pfn`.
+    fn write_page(&mut self, pfn: u64, data: &[u8; PAGE_SIZE]) -> Result<(), Self::Error>;
+    /// Replaces page `pfn` by zeros.
+    fn write_zero_page(&mut self, pfn: u64) -> Result<(), Self::Error> {
+        self.write_page(pfn, &[0u8; PAGE_SIZE])
+    }
+}
+
+/// Why a chunk could not be applied. The chunk's effect on the target is then partial: the
+/// caller must discard the staging (the store's `abort`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError<E> {
+    /// The chunk is longer than [`MAX_CHUNK_LEN`].
+    ChunkTooLong(usize),
+    /// Truncated or invalid bytes at this offset of the chunk (record start).
+    Malformed {
+        /// Offset of the record that failed.
+        offset: usize,
+    },
+    /// Unknown record tag.
+    UnknownTag {
+        /// Offset of the record.
+        offset: usize,
+        /// The tag byte.
+        tag: u8,
+    },
+    /// A record names a page beyond the image.
+    PfnOutOfRange {
+        /// The page number.
+        pfn: u64,
+    },
+    /// A reference points beyond the image.
+    RefOutOfRange {
+        /// Page of the record.
+        pfn: u64,
+    },
+    /// A compressed op stream failed to decompress or had the wrong size.
+    Zstd {
+        /// Page of the record.
+        pfn: u64,
+    },
+    /// The target refused (for example out of memory).
+    Target(E),
+}
+
+impl<E: fmt::Debug> fmt::Display for DecodeError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::ChunkTooLong(n) => write!(f, "chunk of {n} bytes exceeds the limit"),
+            DecodeError::Malformed { offset } => write!(f, "malformed record at offset {offset}"),
+            DecodeError::UnknownTag { offset, tag } => {
+                write!(f, "unknown record tag {tag:#x} at offset {offset}")
+            }
+            DecodeError::PfnOutOfRange { pfn } => write!(f, "page {pfn} beyond the image"),
+            DecodeError::RefOutOfRange { pfn } => write!(f, "reference beyond the image in page {pfn}"),
+            DecodeError::Zstd { pfn } => write!(f, "bad compressed op stream in page {pfn}"),
+            DecodeError::Target(e) => write!(f, "target refused: {e:?}"),
+        }
+    }
+}
+
+/// What one chunk did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    /// Records applied.
+    pub records: u64,
+}
+
+/// The zstd frame magic number, stripped by the encoder from ZOPS payloads.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Backup-side decoder of one VM's epochs. Holds scratch buffers only (about 3 pages plus the
+/// zstd decoder's state); all image state lives in the [`PageTarget`].
+pub struct Decoder {
+    block_size: usize,
+    page: Box<[u8; PAGE_SIZE]>,
+    ops: Vec<u8>,
+    zframe: Vec<u8>,
+    zdec: ruzstd::decoding::FrameDecoder,
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder").field("block_size", &self.block_size).finish()
+    }
+}
+
+impl Decoder {
+    /// A decoder for images encoded with `block_size` (agreed in HELLO).
+    pub fn new(block_size: usize) -> Result<Self, BlockSizeError> {
+        check_block_size(block_size)?;
+        Ok(Decoder {
+            block_size,
+            page: Box::new([0u8; PAGE_SIZE]),
+            ops: vec![0u8; MAX_OPS_LEN],
+            zframe: Vec::with_capacity(MAX_RECORD_LEN + 16),
+            zdec: ruzstd::decoding::FrameDecoder::new(),
+        })
+    }
+
+    /// The block size.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Applies one chunk to `target`, record by record. On error the target holds a partial
+    /// epoch, which the caller must discard.
+    pub fn apply_chunk<T: PageTarget>(
+        &mut self,
+        target: &mut T,
+        chunk: &[u8],
+    ) -> Result<ChunkStats, DecodeError<T::Error>> {
+        if chunk.len() > MAX_CHUNK_LEN {
+            return Err(DecodeError::ChunkTooLong(chunk.len()));
+        }
+        let page_count = target.page_count();
+        let mut cur = Cursor::new(chunk);
+        let mut next_pfn: u64 = 0;
+        let mut stats = ChunkStats::default();
+        while !cur.is_empty() {
+            let offset = chunk.len() - cur.remaining();
+            let bad = |_| DecodeError::Malformed { offset };
+            let t = cur.u8().map_err(bad)?;
+            let delta = cur.varint().map_err(bad)?;
+            let pfn = next_pfn.checked_add(delta).ok_or(DecodeError::Malformed { offset })?;
+            if pfn >= page_count {
+                return Err(DecodeError::PfnOutOfRange { pfn });
+            }
+            next_pfn = pfn + 1;
+            match t {
+                tag::ZERO_PAGE => target.write_zero_page(pfn).map_err(DecodeError::Target)?,
+                tag::RAW_PAGE => {
+                    let data = cur.take(PAGE_SIZE).map_err(bad)?;
+                    self.page.copy_from_slice(data);
+                    target.write_page(pfn, &self.page).map_err(DecodeError::Target)?;
+                }
+                tag::OPS => {
+                    let len = cur.varint_max(MAX_OPS_LEN).map_err(bad)?;
+                    let ops = cur.take(len).map_err(bad)?;
+                    apply_ops(target, pfn, self.block_size, ops, &mut self.page, offset)?;
+                }
+                tag::ZOPS => {
+                    let raw_len = cur.varint_max(MAX_OPS_LEN).map_err(bad)?;
+                    let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
+                    let frame = cur.take(clen).map_err(bad)?;
+                    self.inflate(frame, raw_len).map_err(|_| DecodeError::Zstd { pfn })?;
+                    let ops = self.ops.get(..raw_len).ok_or(DecodeError::Zstd { pfn })?;
+                    apply_ops(target, pfn, self.block_size, ops, &mut self.page, offset)?;
+                }
+                other => return Err(DecodeError::UnknownTag { offset, tag: other }),
+            }
+            stats.records += 1;
+        }
+        Ok(stats)
+    }
+
+    /// Decompresses a magic-less zstd frame into `self.ops[..raw_len]`.
+    ///
+    /// The frame header must declare a single segment whose content size is exactly `raw_len`
+    /// (at most [`MAX_OPS_LEN`]), which bounds the decoder's window; the zstd decoder's
+    /// transient buffers stay within about one zstd block (128 KiB) beyond that.
+    fn inflate(&mut self, frame: &[u8], raw_len: usize) -> Result<(), Malformed> {
+        check_frame_header(frame, raw_len)?;
+        self.zframe.clear();
+        self.zframe.extend_from_slice(&ZSTD_MAGIC);
+        self.zframe.extend_from_slice(frame);
+        let out = self.ops.get_mut(..raw_len).ok_or(Malformed)?;
+        let n = self.zdec.decode_all(&self.zframe, out).map_err(|_| Malformed)?;
+        if n != raw_len {
+            return Err(Malformed);
+        }
+        Ok(())
+    }
+}
+
+/// Checks a magic-less zstd frame header: single segment, no dictionary, content size `raw_len`.
+fn check_frame_header(frame: &[u8], raw_len: usize) -> Result<(), Malformed> {
+    let mut cur = Cursor::new(frame);
+    let fhd = cur.u8()?;
+    let fcs_flag = fhd >> 6;
+    let single_segment = fhd & 0x20 != 0;
+    let reserved = fhd & 0x08 != 0;
+    let dict_flag = fhd & 0x03;
+    if !single_segment || reserved || dict_flag != 0 {
+        return Err(Malformed);
+    }
+    let fcs = match fcs_flag {
+        0 => u64::from(cur.u8()?),
+        1 => {
+            let b = cur.take(2)?;
+            u64::from(u16::from_le_bytes([b[0], b[1]])) + 256
+        }
+        2 => {
+            let b = cur.take(4)?;
+            u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        _ => {
+            let b = cur.take(8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        }
+    };
+    if fcs != raw_len as u64 {
+        return Err(Malformed);
+    }
+    Ok(())
+}
+
+/// Applies an op stream to page `pfn` of `target`.
+fn apply_ops<T: PageTarget>(
+    target: &mut T,
+    pfn: u64,
+    bs: usize,
+    ops: &[u8],
+    page: &mut [u8; PAGE_SIZE],
+    offset: usize,
+) -> Result<(), DecodeError<T::Error>> {
+    let bad = |_| DecodeError::Malformed { offset };
+    target.read_bytes(pfn, 0, &mut page[..]).map_err(DecodeError::Target)?;
+    let bpp = PAGE_SIZE / bs;
+    let total_blocks = target.page_count().saturating_mul(bpp as u64);
+    let mut blk = 0usize;
+    let mut pred: Option<u64> = None;
+    let mut cur = Cursor::new(ops);
+    while !cur.is_empty() {
+        let b = cur.u8().map_err(bad)?;
+        let kind = b >> 5;
+        let mut n = usize::from(b & 31) + 1;
+        if n == 32 {
+            n += cur.varint_max(bpp).map_err(bad)?;
+        }
+        if n > bpp - blk {
+            return Err(DecodeError::Malformed { offset });
+        }
+        let range = blk * bs..(blk + n) * bs;
+        let dst = page.get_mut(range).ok_or(DecodeError::Malformed { offset })?;
+        match kind {
+            op::SKIP => {}
+            op::ZERO => dst.fill(0),
+            op::LIT => dst.copy_from_slice(cur.take(n * bs).map_err(bad)?),
+            op::XOR => zrle::apply_xor(&mut cur, dst).map_err(bad)?,
+            op::REF => {
+                let delta = varint::unzigzag(cur.varint().map_err(bad)?);
+                let base = pred.unwrap_or(pfn * bpp as u64 + blk as u64);
+                let src = base
+                    .checked_add_signed(delta)
+                    .filter(|s| s.checked_add(n as u64).is_some_and(|e| e <= total_blocks))
+                    .ok_or(DecodeError::RefOutOfRange { pfn })?;
+                for (i, d) in dst.chunks_exact_mut(bs).enumerate() {
+                    let s = src + i as u64;
+                    let off = (s % bpp as u64) as usize * bs;
+                    target.read_bytes(s / bpp as u64, off, d).map_err(DecodeError::Target)?;
+                }
+                pred = Some(src + n as u64);
+            }
+            _ => return Err(DecodeError::Malformed { offset }),
+        }
+        blk += n;
+    }
+    target.write_page(pfn, page).map_err(DecodeError::Target)
+}
+
+/// A flat in-memory image implementing [`PageTarget`] (tests, the bench, simple receivers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlatImage {
+    /// The bytes, `page_count * PAGE_SIZE` long.
+    pub bytes: Vec<u8>,
+}
+
+impl FlatImage {
+    /// An all-zero image of `pages` pages.
+    pub fn zeroed(pages: usize) -> Self {
+        FlatImage { bytes: vec![0u8; pages * PAGE_SIZE] }
+    }
+}
+
+impl PageTarget for FlatImage {
+    type Error = core::convert::Infallible;
+    fn page_count(&self) -> u64 {
+        (self.bytes.len() / PAGE_SIZE) as u64
+    }
+    fn read_bytes(&mut self, pfn: u64, offset: usize, out: &mut [u8]) -> Result<(), Self::Error> {
+        let start = pfn as usize * PAGE_SIZE + offset;
+        out.copy_from_slice(&self.bytes[start..start + out.len()]);
+        Ok(())
+    }
+    fn write_page(&mut self, pfn: u64, data: &[u8; PAGE_SIZE]) -> Result<(), Self::Error> {
+        let start = pfn as usize * PAGE_SIZE;
+        self.bytes[start..start + PAGE_SIZE].copy_from_slice(data);
+        Ok(())
+    }
+    fn write_zero_page(&mut self, pfn: u64) -> Result<(), Self::Error> {
+        let start = pfn as usize * PAGE_SIZE;
+        self.bytes[start..start + PAGE_SIZE].fill(0);
+        Ok(())
+    }
+}

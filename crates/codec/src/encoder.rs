@@ -1,0 +1,490 @@
+//! Primary-side FGBI encoder (std).
+
+use crate::{check_block_size, op, tag, varint, zrle, BlockSizeError, MAX_CHUNK_LEN, MAX_OPS_LEN,
+    MAX_RECORD_LEN, PAGE_SIZE};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Encoder settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderConfig {
+    /// Block size in bytes (power of two, 32..=4096).
+    pub block_size: usize,
+    /// log2 of the number of content-index slots (4 bytes each); `None` picks one slot per four
+    /// blocks of the image (about 1.6% of the image size at 64-byte blocks).
+    pub index_slots_log2: Option<u32>,
+    /// zstd level for compressed op streams.
+    pub zstd_level: i32,
+    /// Largest chunk emitted (at most [`MAX_CHUNK_LEN`]).
+    pub max_chunk_len: usize,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            block_size: crate::DEFAULT_BLOCK_SIZE,
+            index_slots_log2: None,
+            zstd_level: 1,
+            max_chunk_len: MAX_CHUNK_LEN,
+        }
+    }
+}
+
+/// The primary's memory held by the encoder, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryOverhead {
+    /// Shadow copy of the content last sent (one byte per byte of image).
+    pub shadow: usize,
+    /// Content index (4 bytes per slot).
+    pub index: usize,
+    /// Undo log of the current epoch (old content of pages changed since the last commit).
+    pub undo: usize,
+    /// Scratch buffers, chunk buffer and bitmaps.
+    pub scratch: usize,
+}
+
+impl MemoryOverhead {
+    /// Sum of all parts.
+    pub fn total(&self) -> usize {
+        self.shadow + self.index + self.undo + self.scratch
+    }
+}
+
+/// Counters of what the encoder did since the last [`Encoder::take_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncodeStats {
+    /// Pages offered to [`Encoder::encode_page`].
+    pub pages_in: u64,
+    /// Offered pages identical to the last sent version (no record).
+    pub pages_unchanged: u64,
+    /// Records of each kind.
+    pub zero_pages: u64,
+    /// Raw page records.
+    pub raw_pages: u64,
+    /// Op-stream records.
+    pub ops_pages: u64,
+    /// zstd op-stream records.
+    pub zops_pages: u64,
+    /// Changed blocks.
+    pub blocks_changed: u64,
+    /// Changed blocks sent as references.
+    pub blocks_ref: u64,
+    /// Changed blocks that became zero.
+    pub blocks_zero: u64,
+    /// Bytes of records written.
+    pub bytes_out: u64,
+}
+
+const EMPTY: u32 = u32::MAX;
+/// Below this op-stream length zstd is not tried.
+const ZSTD_MIN: usize = 48;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Skip,
+    Zero,
+    Xor,
+    Ref(u64),
+}
+
+/// FGBI encoder for one VM image.
+///
+/// Keeps a shadow of what the backup holds (the committed image plus the records of the current
+/// epoch), a direct-mapped content index of block hashes to block positions (always verified by
+/// byte comparison against the shadow, so two different blocks are never confused), and an undo
+/// log so that an epoch that did not commit can be rolled back.
+pub struct Encoder {
+    cfg: EncoderConfig,
+    bs: usize,
+    bpp: usize,
+    page_count: u64,
+    shadow: Vec<u8>,
+    index: Vec<u32>,
+    mask: u64,
+    undo_pfns: Vec<u64>,
+    undo_data: Vec<u8>,
+    touched: Vec<u64>,
+    zc: zstd::bulk::Compressor<'static>,
+    ops: Vec<u8>,
+    ops2: Vec<u8>,
+    zout: Vec<u8>,
+    zout2: Vec<u8>,
+    chunk: Vec<u8>,
+    next_pfn: u64,
+    kinds: Vec<Kind>,
+    hashes: Vec<u64>,
+    stats: EncodeStats,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("cfg", &self.cfg)
+            .field("page_count", &self.page_count)
+            .finish()
+    }
+}
+
+#[inline]
+fn is_zero(b: &[u8]) -> bool {
+    let (w, rest) = b.split_at(b.len() & !7);
+    w.chunks_exact(8).all(|c| u64::from_le_bytes(c.try_into().unwrap_or([1; 8])) == 0)
+        && rest.iter().all(|&x| x == 0)
+}
+
+/// Number of differing bytes between two equal-length blocks.
+#[inline]
+fn diff_bytes(a: &[u8], b: &[u8]) -> usize {
+    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let mut n = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let w = u64::from_le_bytes(x.try_into().unwrap_or([0; 8]))
+            ^ u64::from_le_bytes(y.try_into().unwrap_or([0; 8]));
+        n += ((((w & LO7) + LO7) | w) & !LO7).count_ones() as usize;
+    }
+    n
+}
+
+/// zstd-compresses `src` into `zout`; returns the frame size without its magic number.
+fn compress(zc: &mut zstd::bulk::Compressor<'static>, src: &[u8], zout: &mut Vec<u8>) -> Option<usize> {
+    zout.clear();
+    match zc.compress_to_buffer(src, zout) {
+        Ok(n) if n > 4 && zout[..4] == crate::ZSTD_MAGIC => Some(n - 4),
+        _ => None,
+    }
+}
+
+fn put_op(out: &mut Vec<u8>, kind: u8, n: usize) {
+    if n >= 32 {
+        out.push(kind << 5 | 31);
+        varint::put(out, (n - 32) as u64);
+    } else {
+        out.push(kind << 5 | (n - 1) as u8);
+    }
+}
+
+impl Encoder {
+    /// An encoder for an image of `page_count` pages whose backup copy is all zeros.
+    pub fn new(cfg: EncoderConfig, page_count: u64) -> Result<Self, BlockSizeError> {
+        check_block_size(cfg.block_size)?;
+        let bs = cfg.block_size;
+        let bpp = PAGE_SIZE / bs;
+        let total_blocks = page_count * bpp as u64;
+        // Block positions are stored as u32 in the index.
+        if total_blocks >= u64::from(EMPTY) {
+            return Err(BlockSizeError(bs));
+        }
+        let log2 = cfg.index_slots_log2.unwrap_or_else(|| {
+            (total_blocks / 4).max(1024).next_power_of_two().trailing_zeros()
+        });
+        let slots = 1usize << log2.min(32);
+        let zc = zstd::bulk::Compressor::new(cfg.zstd_level).expect("zstd context");
+        Ok(Encoder {
+            cfg: EncoderConfig { max_chunk_len: cfg.max_chunk_len.clamp(MAX_RECORD_LEN, MAX_CHUNK_LEN), ..cfg },
+            bs,
+            bpp,
+            page_count,
+            shadow: vec![0u8; page_count as usize * PAGE_SIZE],
+            index: vec![EMPTY; slots],
+            mask: slots as u64 - 1,
+            undo_pfns: Vec::new(),
+            undo_data: Vec::new(),
+            touched: vec![0u64; (page_count as usize).div_ceil(64)],
+            zc,
+            ops: Vec::with_capacity(MAX_OPS_LEN + 64),
+            ops2: Vec::with_capacity(MAX_OPS_LEN + 64),
+            zout: Vec::with_capacity(zstd::zstd_safe::compress_bound(MAX_OPS_LEN) + 64),
+            zout2: Vec::with_capacity(zstd::zstd_safe::compress_bound(MAX_OPS_LEN) + 64),
+            chunk: Vec::with_capacity(MAX_CHUNK_LEN),
+            next_pfn: 0,
+            kinds: vec![Kind::Skip; bpp],
+            hashes: vec![0; bpp],
+            stats: EncodeStats::default(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    /// Number of pages of the image.
+    pub fn page_count(&self) -> u64 {
+        self.page_count
+    }
+
+    /// The content the backup holds (committed image plus this epoch's records so far).
+    pub fn shadow(&self) -> &[u8] {
+        &self.shadow
+    }
+
+    /// The primary-side memory held by this encoder.
+    pub fn memory_overhead(&self) -> MemoryOverhead {
+        MemoryOverhead {
+            shadow: self.shadow.capacity(),
+            index: self.index.capacity() * 4,
+            undo: self.undo_data.capacity() + self.undo_pfns.capacity() * 8,
+            scratch: self.ops.capacity()
+                + self.ops2.capacity()
+                + self.zout.capacity()
+                + self.zout2.capacity()
+                + self.chunk.capacity()
+                + self.touched.capacity() * 8
+                + self.kinds.capacity() * std::mem::size_of::<Kind>()
+                + self.hashes.capacity() * 8,
+        }
+    }
+
+    /// Returns and resets the counters.
+    pub fn take_stats(&mut self) -> EncodeStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    #[inline]
+    fn slot(&self, h: u64) -> usize {
+        // Fold the high bits in so that small tables use all of the hash.
+        ((h ^ (h >> 32)) & self.mask) as usize
+    }
+
+    /// Encodes page `pfn` (a dirty page) into the current chunk, calling `emit` with each chunk
+    /// that fills up. Pages identical to the last sent version produce nothing.
+    pub fn encode_page(&mut self, pfn: u64, page: &[u8; PAGE_SIZE], emit: &mut dyn FnMut(&[u8])) {
+        assert!(pfn < self.page_count, "pfn {pfn} beyond the image");
+        self.stats.pages_in += 1;
+        let base = pfn as usize * PAGE_SIZE;
+        let bs = self.bs;
+        let bpp = self.bpp;
+        {
+            let old = &self.shadow[base..base + PAGE_SIZE];
+            if old == &page[..] {
+                self.stats.pages_unchanged += 1;
+                return;
+            }
+        }
+        if self.chunk.len() + MAX_RECORD_LEN > self.cfg.max_chunk_len || pfn < self.next_pfn {
+            self.flush(emit);
+        }
+        let delta = pfn - self.next_pfn;
+        self.next_pfn = pfn + 1;
+        let rec_start = self.chunk.len();
+
+        if is_zero(page) {
+            self.chunk.push(tag::ZERO_PAGE);
+            varint::put(&mut self.chunk, delta);
+            self.stats.zero_pages += 1;
+        } else {
+            // 1. Classify blocks.
+            let mut changed = 0usize;
+            let first_blk = pfn * bpp as u64;
+            for b in 0..bpp {
+                let o = &self.shadow[base + b * bs..base + (b + 1) * bs];
+                let n = &page[b * bs..(b + 1) * bs];
+                if o == n {
+                    self.kinds[b] = Kind::Skip;
+                    continue;
+                }
+                changed += 1;
+                if is_zero(n) {
+                    self.kinds[b] = Kind::Zero;
+                    self.hashes[b] = 0;
+                    continue;
+                }
+                let h = xxh3_64(n);
+                self.hashes[b] = h;
+                self.kinds[b] = Kind::Xor;
+                // A reference costs about 3 bytes; an XOR delta at least 2 + differing bytes.
+                if diff_bytes(o, n) >= 3 {
+                    let cand = self.index[self.slot(h)];
+                    if cand != EMPTY {
+                        let c = u64::from(cand);
+                        let cs = c as usize * bs;
+                        if c != first_blk + b as u64 && self.shadow[cs..cs + bs] == *n {
+                            self.kinds[b] = Kind::Ref(c);
+                        }
+                    }
+                }
+            }
+            self.stats.blocks_changed += changed as u64;
+
+            // 2. Op stream with runs.
+            self.ops.clear();
+            let mut pred: Option<u64> = None;
+            let mut b = 0;
+            while b < bpp {
+                let k = self.kinds[b];
+                let mut e = b + 1;
+                match k {
+                    Kind::Ref(src) => {
+                        while e < bpp && self.kinds[e] == Kind::Ref(src + (e - b) as u64) {
+                            e += 1;
+                        }
+                    }
+                    _ => {
+                        while e < bpp && self.kinds[e] == k {
+                            e += 1;
+                        }
+                    }
+                }
+                let n = e - b;
+                match k {
+                    Kind::Skip => {
+                        if e < bpp {
+                            put_op(&mut self.ops, op::SKIP, n);
+                        }
+                    }
+                    Kind::Zero => {
+                        put_op(&mut self.ops, op::ZERO, n);
+                        self.stats.blocks_zero += n as u64;
+                    }
+                    Kind::Ref(src) => {
+                        put_op(&mut self.ops, op::REF, n);
+                        let p = pred.unwrap_or(first_blk + b as u64);
+                        varint::put(&mut self.ops, varint::zigzag(src as i64 - p as i64));
+                        pred = Some(src + n as u64);
+                        self.stats.blocks_ref += n as u64;
+                    }
+                    Kind::Xor => {
+                        let start = self.ops.len();
+                        put_op(&mut self.ops, op::XOR, n);
+                        let o = &self.shadow[base + b * bs..base + e * bs];
+                        let nw = &page[b * bs..e * bs];
+                        let body = self.ops.len();
+                        zrle::encode_xor(o, nw, &mut self.ops);
+                        if self.ops.len() - body >= n * bs {
+                            self.ops.truncate(start);
+                            put_op(&mut self.ops, op::LIT, n);
+                            self.ops.extend_from_slice(nw);
+                        }
+                    }
+                }
+                b = e;
+            }
+
+            // 3. Choose by measured size.
+            let ops_len = self.ops.len();
+            let ops_size = varint::len(ops_len as u64) + ops_len;
+            let raw_size = PAGE_SIZE;
+            let mut best = if ops_size < raw_size { 1 } else { 0 }; // 0 raw, 1 ops, 2 zops(ops), 3 zops(lit)
+            let mut best_size = ops_size.min(raw_size);
+            if ops_len >= ZSTD_MIN {
+                if let Some(s) = compress(&mut self.zc, &self.ops, &mut self.zout) {
+                    let total = varint::len(ops_len as u64) + varint::len(s as u64) + s;
+                    if total < best_size {
+                        best = 2;
+                        best_size = total;
+                    }
+                }
+                // Mostly rewritten page: also try zstd of the literal page.
+                if changed * 2 > bpp {
+                    self.ops2.clear();
+                    put_op(&mut self.ops2, op::LIT, bpp);
+                    self.ops2.extend_from_slice(page);
+                    if let Some(s) = compress(&mut self.zc, &self.ops2, &mut self.zout2) {
+                        let total = varint::len(self.ops2.len() as u64) + varint::len(s as u64) + s;
+                        if total < best_size {
+                            best = 3;
+                        }
+                    }
+                }
+            }
+            match best {
+                0 => {
+                    self.chunk.push(tag::RAW_PAGE);
+                    varint::put(&mut self.chunk, delta);
+                    self.chunk.extend_from_slice(page);
+                    self.stats.raw_pages += 1;
+                }
+                1 => {
+                    self.chunk.push(tag::OPS);
+                    varint::put(&mut self.chunk, delta);
+                    varint::put(&mut self.chunk, ops_len as u64);
+                    self.chunk.extend_from_slice(&self.ops);
+                    self.stats.ops_pages += 1;
+                }
+                _ => {
+                    let (raw_len, z) = if best == 2 {
+                        (ops_len, &self.zout)
+                    } else {
+                        (self.ops2.len(), &self.zout2)
+                    };
+                    self.chunk.push(tag::ZOPS);
+                    varint::put(&mut self.chunk, delta);
+                    varint::put(&mut self.chunk, raw_len as u64);
+                    varint::put(&mut self.chunk, (z.len() - 4) as u64);
+                    self.chunk.extend_from_slice(&z[4..]);
+                    self.stats.zops_pages += 1;
+                }
+            }
+        }
+        self.stats.bytes_out += (self.chunk.len() - rec_start) as u64;
+
+        // 4. Update undo log, shadow and index.
+        let word = (pfn / 64) as usize;
+        let bit = 1u64 << (pfn % 64);
+        if self.touched[word] & bit == 0 {
+            self.touched[word] |= bit;
+            self.undo_pfns.push(pfn);
+            self.undo_data.extend_from_slice(&self.shadow[base..base + PAGE_SIZE]);
+        }
+        self.shadow[base..base + PAGE_SIZE].copy_from_slice(page);
+        if self.chunk[rec_start] != tag::ZERO_PAGE {
+            for b in 0..bpp {
+                if self.kinds[b] == Kind::Xor || matches!(self.kinds[b], Kind::Ref(_)) {
+                    let s = self.slot(self.hashes[b]);
+                    self.index[s] = (pfn * bpp as u64 + b as u64) as u32;
+                }
+            }
+        }
+    }
+
+    /// Emits the current chunk if it is not empty.
+    pub fn flush(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        if !self.chunk.is_empty() {
+            emit(&self.chunk);
+            self.chunk.clear();
+        }
+        self.next_pfn = 0;
+    }
+
+    /// Encodes the pages `dirty` (ascending pfns give the smallest output) of `image` (the whole
+    /// guest image, `page_count * PAGE_SIZE` bytes) as one epoch, emitting its chunks. The epoch
+    /// stays open: call [`Encoder::commit_epoch`] when the backup acknowledged its COMMIT, or
+    /// [`Encoder::abort_epoch`] if it did not.
+    pub fn encode_epoch(
+        &mut self,
+        image: &[u8],
+        dirty: impl IntoIterator<Item = u64>,
+        emit: &mut dyn FnMut(&[u8]),
+    ) {
+        for pfn in dirty {
+            let s = pfn as usize * PAGE_SIZE;
+            let page: &[u8; PAGE_SIZE] = image[s..s + PAGE_SIZE].try_into().expect("page");
+            self.encode_page(pfn, page, emit);
+        }
+        self.flush(emit);
+    }
+
+    /// The backup committed the epoch: forget the undo log.
+    pub fn commit_epoch(&mut self) {
+        for &p in &self.undo_pfns {
+            self.touched[(p / 64) as usize] = 0;
+        }
+        self.undo_pfns.clear();
+        self.undo_data.clear();
+    }
+
+    /// The epoch did not commit (connection lost, backup refused): restore the shadow to the
+    /// last committed image and drop the unsent chunk. Index entries pointing at rolled-back
+    /// content are harmless: every candidate is verified against the shadow.
+    pub fn abort_epoch(&mut self) {
+        for (i, &p) in self.undo_pfns.iter().enumerate() {
+            let s = p as usize * PAGE_SIZE;
+            self.shadow[s..s + PAGE_SIZE]
+                .copy_from_slice(&self.undo_data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+            self.touched[(p / 64) as usize] = 0;
+        }
+        self.undo_pfns.clear();
+        self.undo_data.clear();
+        self.chunk.clear();
+        self.next_pfn = 0;
+    }
+}
