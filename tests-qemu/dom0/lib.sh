@@ -59,5 +59,5 @@ dump_guest() { echo "---- console of $1 ----"; cat "$(guest_log "$1")" 2>/dev/nu
 wait_guest_line() { wait_for "$1" "'$3' on $2's console" grep -q "$3" "$(guest_log "$2")"; }
 
 # workload_cmd <ip> <command>: one request to the guest's workload server.
-workload_cmd() { echo "$2" | nc -w 5 "$1" 7000; }
+workload_cmd() { echo "$2" | nc -w 30 "$1" 7000; }
 

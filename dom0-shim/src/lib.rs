@@ -1,0 +1,4 @@
+//! The dom0 side of Resilire as a library: the hypervisor binding and the
+//! pieces the `resilire-shim` commands are made of.
+
+pub mod xen;

@@ -1,0 +1,91 @@
+//! Raw declarations of the parts of libxenctrl (Xen 4.17) the shim uses.
+//!
+//! Hand-written rather than generated: a dozen items, and bindgen would pull
+//! libclang into every build. Layouts are checked against the C headers'
+//! sizes at compile time below.
+
+#![allow(non_camel_case_types)]
+
+use std::os::raw::{c_int, c_uint, c_ulong, c_void};
+
+/// Opaque `xc_interface`.
+#[repr(C)]
+pub struct xc_interface {
+    _private: [u8; 0],
+}
+
+/// `xc_hypercall_buffer_t`: bounce-buffer bookkeeping for memory that Xen
+/// reads or writes during a hypercall (`xenctrl.h`).
+#[repr(C)]
+pub struct xc_hypercall_buffer {
+    pub hbuf: *mut c_void,
+    pub param_shadow: *mut xc_hypercall_buffer,
+    pub dir: c_int,
+    pub ubuf: *mut c_void,
+    pub sz: usize,
+}
+
+/// `xen_domctl_getdomaininfo` (`xen/domctl.h`, interface version of 4.17).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct xc_domaininfo_t {
+    pub domain: u16,
+    pub pad1: u16,
+    pub flags: u32,
+    pub tot_pages: u64,
+    pub max_pages: u64,
+    pub outstanding_pages: u64,
+    pub shr_pages: u64,
+    pub paged_pages: u64,
+    pub shared_info_frame: u64,
+    pub cpu_time: u64,
+    pub nr_online_vcpus: u32,
+    pub max_vcpu_id: u32,
+    pub ssidref: u32,
+    pub handle: [u8; 16],
+    pub cpupool: u32,
+    pub gpaddr_bits: u8,
+    pub pad2: [u8; 7],
+    pub arch_config: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<xc_domaininfo_t>() == 112);
+
+/// `xen_domctl_shadow_op_stats`.
+#[repr(C)]
+#[derive(Default)]
+pub struct xc_shadow_op_stats_t {
+    pub fault_count: u32,
+    pub dirty_count: u32,
+}
+
+pub const XEN_DOMINF_DYING: u32 = 1 << 0;
+pub const XEN_DOMINF_HVM_GUEST: u32 = 1 << 1;
+pub const XEN_DOMINF_SHUTDOWN: u32 = 1 << 2;
+pub const XEN_DOMINF_PAUSED: u32 = 1 << 3;
+pub const XEN_DOMINF_HAP: u32 = 1 << 8;
+pub const XEN_DOMINF_SHUTDOWN_SHIFT: u32 = 16;
+
+pub const XEN_DOMCTL_SHADOW_OP_OFF: c_uint = 0;
+pub const XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY: c_uint = 2;
+pub const XEN_DOMCTL_SHADOW_OP_CLEAN: c_uint = 11;
+pub const XEN_DOMCTL_SHADOW_OP_PEEK: c_uint = 12;
+
+#[link(name = "xenctrl")]
+extern "C" {
+    pub fn xc_interface_open(logger: *mut c_void, dombuild_logger: *mut c_void, open_flags: c_uint) -> *mut xc_interface;
+    pub fn xc_interface_close(xch: *mut xc_interface) -> c_int;
+    pub fn xc_domain_getinfolist(xch: *mut xc_interface, first: u32, max: c_uint, info: *mut xc_domaininfo_t) -> c_int;
+    pub fn xc_domain_maximum_gpfn(xch: *mut xc_interface, domid: u32, gpfns: *mut c_ulong) -> c_int;
+    pub fn xc_shadow_control(xch: *mut xc_interface, domid: u32, sop: c_uint, mb: *mut c_uint, mode: c_uint) -> c_int;
+    pub fn xc_logdirty_control(
+        xch: *mut xc_interface,
+        domid: u32,
+        sop: c_uint,
+        dirty_bitmap: *mut xc_hypercall_buffer,
+        pages: c_ulong,
+        mode: c_uint,
+        stats: *mut xc_shadow_op_stats_t,
+    ) -> i64;
+    pub fn xc__hypercall_buffer_alloc_pages(xch: *mut xc_interface, b: *mut xc_hypercall_buffer, nr_pages: c_int) -> *mut c_void;
+    pub fn xc__hypercall_buffer_free_pages(xch: *mut xc_interface, b: *mut xc_hypercall_buffer, nr_pages: c_int);
+}

@@ -1,0 +1,260 @@
+//! Safe access to the hypervisor through libxenctrl: the only module of the
+//! shim that holds `unsafe` for domain control.
+
+mod ffi;
+
+use anyhow::{bail, Result};
+use std::io;
+
+/// An open connection to libxenctrl (`/dev/xen/privcmd`); dom0 only.
+pub struct XenCtrl {
+    xch: *mut ffi::xc_interface,
+}
+
+/// What the shim needs to know about a domain.
+#[derive(Debug, Clone)]
+pub struct DomainInfo {
+    /// Domain id.
+    pub domid: u32,
+    /// Pages currently allocated to it.
+    pub tot_pages: u64,
+    /// Its page limit.
+    pub max_pages: u64,
+    /// HVM container (HVM or PVH), as opposed to PV.
+    pub hvm: bool,
+    /// Uses hardware-assisted paging (log-dirty works).
+    pub hap: bool,
+    /// Paused by the toolstack.
+    pub paused: bool,
+    /// Dying.
+    pub dying: bool,
+    /// Shut down, with the guest's reason code.
+    pub shutdown: Option<u32>,
+    /// The domain's UUID handle.
+    pub handle: [u8; 16],
+}
+
+impl XenCtrl {
+    /// Opens the interface (needs dom0 privileges and xen-privcmd).
+    pub fn open() -> Result<XenCtrl> {
+        // SAFETY: null loggers select libxenctrl's defaults; flags 0.
+        let xch = unsafe { ffi::xc_interface_open(std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+        if xch.is_null() {
+            bail!("cannot open libxenctrl: {} (running in dom0 with xen-privcmd loaded?)", io::Error::last_os_error());
+        }
+        Ok(XenCtrl { xch })
+    }
+
+    /// Every domain, in domain id order.
+    pub fn domains(&self) -> Result<Vec<DomainInfo>> {
+        let mut out = Vec::new();
+        let mut next = 0u32;
+        loop {
+            // SAFETY: xc_domaininfo_t is plain data; an all-zero value is valid.
+            let mut buf = vec![unsafe { std::mem::zeroed::<ffi::xc_domaininfo_t>() }; 64];
+            // SAFETY: buf holds 64 writable entries, as we tell the library.
+            let n = unsafe { ffi::xc_domain_getinfolist(self.xch, next, buf.len() as u32, buf.as_mut_ptr()) };
+            if n < 0 {
+                bail!("xc_domain_getinfolist: {}", io::Error::last_os_error());
+            }
+            for raw in &buf[..n as usize] {
+                out.push(DomainInfo::from_raw(raw));
+                next = u32::from(raw.domain) + 1;
+            }
+            if (n as usize) < buf.len() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One domain by id.
+    pub fn domain(&self, domid: u32) -> Result<DomainInfo> {
+        match self.domains()?.into_iter().find(|d| d.domid == domid) {
+            Some(d) => Ok(d),
+            None => bail!("no domain {domid}"),
+        }
+    }
+
+    /// Number of guest frames (highest gpfn + 1): the size of a dirty bitmap.
+    pub fn nr_gpfns(&self, domid: u32) -> Result<u64> {
+        let mut max: std::os::raw::c_ulong = 0;
+        // SAFETY: `max` is a valid out-pointer.
+        let rc = unsafe { ffi::xc_domain_maximum_gpfn(self.xch, domid, &mut max) };
+        if rc < 0 {
+            bail!("xc_domain_maximum_gpfn({domid}): {}", io::Error::last_os_error());
+        }
+        Ok(max as u64 + 1)
+    }
+
+    /// Turns log-dirty mode on for a HAP domain and returns the tracker.
+    /// Log-dirty stays on until the tracker is dropped.
+    pub fn log_dirty(&self, domid: u32) -> Result<LogDirty<'_>> {
+        let info = self.domain(domid)?;
+        if !info.hap {
+            bail!("domain {domid} has no hardware-assisted paging: log-dirty needs a PVH/HVM guest with HAP on this Xen");
+        }
+        let pages = self.nr_gpfns(domid)?;
+        // SAFETY: plain call; a null `mb` is accepted for this op.
+        let rc = unsafe {
+            ffi::xc_shadow_control(self.xch, domid, ffi::XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, std::ptr::null_mut(), 0)
+        };
+        if rc < 0 {
+            bail!("enabling log-dirty on domain {domid}: {}", io::Error::last_os_error());
+        }
+        let bitmap = HypercallPages::alloc(self, pages.div_ceil(8).div_ceil(4096) as usize)?;
+        Ok(LogDirty { xc: self, domid, pages, bitmap })
+    }
+}
+
+impl Drop for XenCtrl {
+    fn drop(&mut self) {
+        // SAFETY: xch came from xc_interface_open and is closed once.
+        unsafe { ffi::xc_interface_close(self.xch) };
+    }
+}
+
+impl DomainInfo {
+    fn from_raw(r: &ffi::xc_domaininfo_t) -> DomainInfo {
+        DomainInfo {
+            domid: u32::from(r.domain),
+            tot_pages: r.tot_pages,
+            max_pages: r.max_pages,
+            hvm: r.flags & ffi::XEN_DOMINF_HVM_GUEST != 0,
+            hap: r.flags & ffi::XEN_DOMINF_HAP != 0,
+            paused: r.flags & ffi::XEN_DOMINF_PAUSED != 0,
+            dying: r.flags & ffi::XEN_DOMINF_DYING != 0,
+            shutdown: (r.flags & ffi::XEN_DOMINF_SHUTDOWN != 0)
+                .then_some((r.flags >> ffi::XEN_DOMINF_SHUTDOWN_SHIFT) & 0xff),
+            handle: r.handle,
+        }
+    }
+}
+
+/// Page-aligned memory that Xen may write during a hypercall.
+struct HypercallPages<'a> {
+    xc: &'a XenCtrl,
+    buf: Box<ffi::xc_hypercall_buffer>,
+    nr: usize,
+}
+
+impl<'a> HypercallPages<'a> {
+    fn alloc(xc: &'a XenCtrl, nr: usize) -> Result<Self> {
+        // The buffer descriptor as DECLARE_HYPERCALL_BUFFER sets it up:
+        // no bounce buffer (`ubuf` = -1), filled in by the allocator.
+        let mut buf = Box::new(ffi::xc_hypercall_buffer {
+            hbuf: std::ptr::null_mut(),
+            param_shadow: std::ptr::null_mut(),
+            dir: 0,
+            ubuf: usize::MAX as *mut _,
+            sz: 0,
+        });
+        // SAFETY: buf is a valid descriptor that outlives the allocation.
+        let p = unsafe { ffi::xc__hypercall_buffer_alloc_pages(xc.xch, &mut *buf, nr as i32) };
+        if p.is_null() {
+            bail!("allocating {nr} hypercall pages: {}", io::Error::last_os_error());
+        }
+        Ok(HypercallPages { xc, buf, nr })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: hbuf points at nr pages owned by this value.
+        unsafe { std::slice::from_raw_parts(self.buf.hbuf as *const u8, self.nr * 4096) }
+    }
+}
+
+impl Drop for HypercallPages<'_> {
+    fn drop(&mut self) {
+        // SAFETY: allocated by xc__hypercall_buffer_alloc_pages with the same count.
+        unsafe { ffi::xc__hypercall_buffer_free_pages(self.xc.xch, &mut *self.buf, self.nr as i32) };
+    }
+}
+
+/// A domain in log-dirty mode.
+pub struct LogDirty<'a> {
+    xc: &'a XenCtrl,
+    domid: u32,
+    pages: u64,
+    bitmap: HypercallPages<'a>,
+}
+
+impl LogDirty<'_> {
+    /// Number of guest frames the bitmap covers.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Reads and clears the dirty bitmap: the pages written since the last
+    /// call (or since log-dirty was enabled). Bit n = pfn n.
+    pub fn clean(&mut self) -> Result<DirtyBitmap> {
+        self.op(ffi::XEN_DOMCTL_SHADOW_OP_CLEAN)
+    }
+
+    /// Reads the dirty bitmap without clearing it.
+    pub fn peek(&mut self) -> Result<DirtyBitmap> {
+        self.op(ffi::XEN_DOMCTL_SHADOW_OP_PEEK)
+    }
+
+    fn op(&mut self, sop: u32) -> Result<DirtyBitmap> {
+        let mut stats = ffi::xc_shadow_op_stats_t::default();
+        // SAFETY: the bitmap buffer holds at least `pages` bits.
+        let rc = unsafe {
+            ffi::xc_logdirty_control(self.xc.xch, self.domid, sop, &mut *self.bitmap.buf, self.pages as _, 0, &mut stats)
+        };
+        if rc < 0 {
+            bail!("log-dirty op {sop} on domain {}: {}", self.domid, io::Error::last_os_error());
+        }
+        let len = self.pages.div_ceil(8) as usize;
+        Ok(DirtyBitmap { bits: self.bitmap.bytes()[..len].to_vec(), pages: self.pages })
+    }
+}
+
+impl Drop for LogDirty<'_> {
+    fn drop(&mut self) {
+        // SAFETY: plain call turning log-dirty off again.
+        unsafe { ffi::xc_shadow_control(self.xc.xch, self.domid, ffi::XEN_DOMCTL_SHADOW_OP_OFF, std::ptr::null_mut(), 0) };
+    }
+}
+
+/// A snapshot of dirty bits, one per guest frame.
+pub struct DirtyBitmap {
+    bits: Vec<u8>,
+    pages: u64,
+}
+
+impl DirtyBitmap {
+    /// Builds a bitmap from raw bytes (bit n of byte n/8 = pfn n).
+    pub fn from_bytes(bits: Vec<u8>, pages: u64) -> DirtyBitmap {
+        DirtyBitmap { bits, pages }
+    }
+
+    /// Number of dirty pages.
+    pub fn count(&self) -> u64 {
+        self.bits.iter().map(|b| u64::from(b.count_ones())).sum()
+    }
+
+    /// The dirty frame numbers, ascending.
+    pub fn pfns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(|(i, &b)| {
+            (0..8).filter(move |bit| b & (1 << bit) != 0).map(move |bit| i as u64 * 8 + bit)
+        })
+        .filter(|&p| p < self.pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DirtyBitmap;
+
+    #[test]
+    fn bitmap_lists_frames_in_order() {
+        let b = DirtyBitmap::from_bytes(vec![0b1000_0001, 0, 0b0000_0100], 24);
+        assert_eq!(b.count(), 3);
+        assert_eq!(b.pfns().collect::<Vec<_>>(), [0, 7, 18]);
+    }
+
+    #[test]
+    fn bits_beyond_the_domain_are_ignored() {
+        let b = DirtyBitmap::from_bytes(vec![0xff], 3);
+        assert_eq!(b.pfns().count(), 3);
+    }
+}
