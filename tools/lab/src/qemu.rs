@@ -47,7 +47,7 @@ impl Host {
     pub fn spawn(spec: &HostSpec) -> Result<Host> {
         File::create(&spec.serial_log)?;
         let xen_cmdline = format!(
-            "loglvl=all guest_loglvl=all console=com1 com1=115200,8n1 noreboot \
+            "loglvl=warning guest_loglvl=all console=com1 com1=115200,8n1 noreboot \
              dom0_mem={DOM0_MEM_MIB}M,max:{DOM0_MEM_MIB}M dom0_max_vcpus=2"
         );
         let dom0_cmdline = format!(
