@@ -2,3 +2,5 @@
 //! pieces the `resilire-shim` commands are made of.
 
 pub mod xen;
+pub mod xenstore;
+pub mod appliance;

@@ -3,7 +3,7 @@
 //! Today: domain listing and live dirty-page rates through log-dirty. The
 //! protect/resume pipeline and the appliance commands build on these.
 
-use resilire_shim::xen;
+use resilire_shim::{appliance, xen};
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: resilire-shim <command>
   domains                               list domains (id, pages, kind, state)
   dirty <domid|name> [--interval-ms N] [--count N]
-                                        enable log-dirty and print dirty pages per interval";
+                                        enable log-dirty and print dirty pages per interval
+  appliance start [--name N] [--kernel ELF] [--memory MiB] [--bridge BR]
+                  --ip A.B.C.D/P [--gateway G|none] [--port P] [--budget MiB]
+                  [--log-level L] --key VMID=HEX64|@FILE [--key ...] [--wait S]
+                                        create the appliance domain, configure it, wait for ready
+  appliance status [--name N]           the appliance's status as it reports it
+  appliance stop [--name N]             clean shutdown (xl shutdown), waited for";
 
 fn main() {
     if let Err(e) = run() {
@@ -25,6 +31,7 @@ fn run() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("domains") => cmd_domains(),
         Some("dirty") => cmd_dirty(&args[1..]),
+        Some("appliance") => cmd_appliance(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -98,4 +105,47 @@ fn cmd_dirty(args: &[String]) -> Result<()> {
     }
     println!("dirty: total {total} pages over {count} intervals");
     Ok(())
+}
+
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn cmd_appliance(args: &[String]) -> Result<()> {
+    let name = opt(args, "--name").unwrap_or("resilire-appliance").to_string();
+    let wait = Duration::from_secs(flag(args, "--wait", 60)?);
+    match args.first().map(String::as_str) {
+        Some("start") => {
+            let ip = opt(args, "--ip").context("--ip A.B.C.D/PREFIX is required")?;
+            let (addr, prefix) = ip.split_once('/').context("--ip needs a prefix: A.B.C.D/P")?;
+            let mut config = vec![
+                ("ipv4-address".to_string(), addr.to_string()),
+                ("ipv4-prefix".to_string(), prefix.to_string()),
+                ("ipv4-gateway".to_string(), opt(args, "--gateway").unwrap_or("none").to_string()),
+                ("tcp-port".to_string(), opt(args, "--port").unwrap_or("7780").to_string()),
+                ("log-level".to_string(), opt(args, "--log-level").unwrap_or("info").to_string()),
+            ];
+            let memory_mib = flag(args, "--memory", 64)? as u32;
+            // Default budget: what is left after the appliance's own needs.
+            let budget = flag(args, "--budget", u64::from(memory_mib.saturating_sub(16).max(1)))?;
+            config.push(("memory-budget-mib".to_string(), budget.to_string()));
+            for (i, a) in args.iter().enumerate() {
+                if a == "--key" {
+                    let spec = args.get(i + 1).context("--key needs VMID=HEX64 or VMID=@FILE")?;
+                    let (vm, key) = spec.split_once('=').context("--key needs VMID=HEX64 or VMID=@FILE")?;
+                    let key = match key.strip_prefix('@') {
+                        Some(file) => std::fs::read_to_string(file).with_context(|| format!("reading key file {file}"))?,
+                        None => key.to_string(),
+                    };
+                    config.push((format!("keys/{vm}"), key.trim().to_string()));
+                }
+            }
+            let kernel = opt(args, "--kernel").unwrap_or(appliance::DEFAULT_KERNEL).to_string();
+            let bridge = opt(args, "--bridge").unwrap_or("xenbr0").to_string();
+            appliance::start(&appliance::StartOptions { name, kernel, memory_mib, bridge, config, wait })
+        }
+        Some("status") => appliance::status(&name),
+        Some("stop") => appliance::stop(&name, wait),
+        _ => bail!("appliance needs start, status or stop"),
+    }
 }

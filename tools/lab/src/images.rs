@@ -101,7 +101,7 @@ pub fn dom0_initramfs(inp: &Dom0Inputs, out: &Path) -> Result<u64> {
 
     fs.binary(&inp.art.shim, "/usr/bin/resilire-shim")?;
     if let Some(app) = &inp.art.appliance {
-        fs.file(app, "/lab/appliance.elf")?;
+        fs.file(app, "/usr/lib/resilire/resilire-appliance")?;
     }
     fs.file(&inp.kernel.image, "/lab/guest/vmlinuz")?;
     fs.file(inp.guest_initrd, "/lab/guest/initrd")?;

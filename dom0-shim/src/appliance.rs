@@ -1,0 +1,149 @@
+//! `resilire-shim appliance start|stop|status`: runs the backup appliance
+//! domain on this host. The configuration schema is the appliance's
+//! (appliance/CONFIG.md): keys under `/local/domain/<id>/resilire/config/`,
+//! owned by dom0 and readable by the appliance only; the appliance reports
+//! under `.../resilire/status/`.
+
+use crate::xenstore::Xenstore;
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Where dom0 installs the appliance image by default.
+pub const DEFAULT_KERNEL: &str = "/usr/lib/resilire/resilire-appliance";
+
+/// What `appliance start` is given.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Domain name.
+    pub name: String,
+    /// The appliance ELF.
+    pub kernel: String,
+    /// Domain memory, MiB.
+    pub memory_mib: u32,
+    /// Bridge of the appliance's vif.
+    pub bridge: String,
+    /// Config keys and values (relative to the config directory).
+    pub config: Vec<(String, String)>,
+    /// How long to wait for the appliance to report.
+    pub wait: Duration,
+}
+
+fn xl(args: &[&str]) -> Result<String> {
+    let out = Command::new("xl").args(args).output().context("running xl")?;
+    if !out.status.success() {
+        bail!("xl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The domain id of a running domain, by name.
+pub fn domid(name: &str) -> Result<u32> {
+    let out = xl(&["domid", name]).with_context(|| format!("no domain {name}"))?;
+    out.trim().parse().with_context(|| format!("xl domid printed {out:?}"))
+}
+
+fn xl_config(o: &StartOptions) -> String {
+    format!(
+        "name = \"{}\"\ntype = \"pv\"\nkernel = \"{}\"\nmemory = {}\nmaxmem = {}\nvcpus = 1\n\
+         vif = [ \"bridge={}\" ]\non_poweroff = \"destroy\"\non_reboot = \"restart\"\non_crash = \"preserve\"\n",
+        o.name, o.kernel, o.memory_mib, o.memory_mib, o.bridge
+    )
+}
+
+/// Creates the appliance paused, writes its configuration, lets it run and
+/// waits until it reports ready (or misconfigured, with its reason).
+pub fn start(o: &StartOptions) -> Result<()> {
+    let dir = std::path::Path::new("/run/resilire");
+    std::fs::create_dir_all(dir)?;
+    let cfg_path = dir.join(format!("{}.cfg", o.name));
+    std::fs::write(&cfg_path, xl_config(o))?;
+    xl(&["create", "-p", &cfg_path.to_string_lossy()])?;
+    let id = domid(&o.name)?;
+    let xs = Xenstore::open()?;
+    let base = format!("/local/domain/{id}/resilire");
+    // Config: dom0 owns it, the appliance may only read it. Status: the
+    // appliance owns it. Children inherit the permissions of their parent
+    // at creation, so the directories are made and restricted first.
+    xs.write(&format!("{base}/config"), "")?;
+    xs.restrict(&format!("{base}/config"), 0, id)?;
+    xs.write(&format!("{base}/config/keys"), "")?;
+    xs.restrict(&format!("{base}/config/keys"), 0, id)?;
+    xs.write(&format!("{base}/status"), "")?;
+    xs.restrict(&format!("{base}/status"), id, 0)?;
+    let nodes: Vec<(String, String)> = o.config.iter().map(|(k, v)| (format!("{base}/config/{k}"), v.clone())).collect();
+    xs.write_all(&nodes)?;
+    xl(&["unpause", &o.name])?;
+    println!("appliance {} started as domain {id} ({} MiB)", o.name, o.memory_mib);
+    let t0 = Instant::now();
+    loop {
+        let state = xs.read(&format!("{base}/status/state"))?;
+        match state.as_deref() {
+            Some("ready") | Some("misconfigured") => {
+                println!("appliance {} reported {} after {:.2}s", o.name, state.unwrap_or_default(), t0.elapsed().as_secs_f64());
+                return print_status(&xs, id);
+            }
+            _ if t0.elapsed() > o.wait => {
+                bail!("appliance {} did not report ready within {:?} (state {:?})", o.name, o.wait, state)
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Prints the appliance's status nodes, one `key: value` a line.
+pub fn print_status(xs: &Xenstore, id: u32) -> Result<()> {
+    let dir = format!("/local/domain/{id}/resilire/status");
+    let keys = xs.directory(&dir)?;
+    if keys.is_empty() {
+        println!("status: (nothing reported yet)");
+    }
+    for k in keys {
+        println!("status/{k}: {}", xs.read(&format!("{dir}/{k}"))?.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `appliance status`.
+pub fn status(name: &str) -> Result<()> {
+    let id = domid(name)?;
+    println!("appliance {name}: domain {id}");
+    print_status(&Xenstore::open()?, id)
+}
+
+/// `appliance stop`: a clean shutdown, waited for; destroyed if it hangs.
+pub fn stop(name: &str, wait: Duration) -> Result<()> {
+    let id = domid(name)?;
+    xl(&["shutdown", name])?;
+    let t0 = Instant::now();
+    while t0.elapsed() < wait {
+        if domid(name).map(|d| d != id).unwrap_or(true) {
+            println!("appliance {name} (domain {id}) shut down cleanly in {:.2}s", t0.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    xl(&["destroy", name])?;
+    bail!("appliance {name} ignored the shutdown request for {wait:?}; destroyed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xl_config_is_a_pv_domain_with_fixed_memory() {
+        let o = StartOptions {
+            name: "app".into(),
+            kernel: "/k".into(),
+            memory_mib: 96,
+            bridge: "xenbr0".into(),
+            config: vec![],
+            wait: Duration::from_secs(1),
+        };
+        let c = xl_config(&o);
+        assert!(c.contains("type = \"pv\""));
+        assert!(c.contains("memory = 96\nmaxmem = 96"));
+        assert!(c.contains("bridge=xenbr0"));
+    }
+}
