@@ -4,6 +4,7 @@
 //! the images, running scenarios (the end-to-end tests) and the demo.
 
 mod cpio;
+mod fuzz;
 mod hostfacts;
 mod images;
 mod prereq;
@@ -22,7 +23,7 @@ const USAGE: &str = "usage: resilire-lab <command>
   build             build the project's binaries and the lab's images
   list              list the scenarios
   run <name>...     run scenarios (prints LAB: SHOW lines; --live prints every console line)
-  test              cargo tests, then every scenario marked test=yes
+  test              cargo tests, brief fuzzing, then every scenario marked test=yes
   demo              the demo scenario, live";
 
 fn main() {
@@ -75,6 +76,7 @@ fn real_main() -> Result<()> {
         ["test"] => {
             prereq::ensure()?;
             cargo_tests(&root)?;
+            fuzz::run_all(&root)?;
             let img = build_images(&root, &out)?;
             let all = scenario::load_all(&root.join("tests-qemu/scenarios"))?;
             let chosen: Vec<&scenario::Scenario> = all.iter().filter(|s| s.in_tests).collect();
