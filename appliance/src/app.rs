@@ -1,0 +1,299 @@
+//! What the appliance does once booted: configuration from xenstore, status
+//! to xenstore, and `xl shutdown` / `xl reboot` handling (domU), or a
+//! self-test of the Xen facilities when booted as dom0.
+
+use crate::pv::xs_ring::XsRing;
+use crate::pv::{events, gnttab, logger, mm, time};
+use crate::println;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use log::{debug, error, info, warn};
+use resilire_appliance::config::{self, Config, State, CONFIG_DIR, EFFECTIVE_KEYS, KEYS_DIR, STATUS_DIR};
+use resilire_appliance::xenstore::{Client, NO_TX};
+use resilire_appliance::xs_wire::XsError;
+use resilire_appliance::VERSION;
+use resilire_boot::abi::{shutdown, XenstoreDomainInterface};
+use resilire_boot::hypercall;
+use resilire_boot::start_info::BootInfo;
+
+const NS_PER_S: u64 = 1_000_000_000;
+/// How often uptime and memory figures are refreshed in the status.
+const STATUS_PERIOD_NS: u64 = 5 * NS_PER_S;
+/// Attempts of a xenstore transaction before giving up on EAGAIN.
+const TX_ATTEMPTS: u32 = 8;
+/// The plain (non key) config entries read from xenstore.
+const CONFIG_KEYS: [&str; 6] =
+    ["ipv4-address", "ipv4-prefix", "ipv4-gateway", "tcp-port", "memory-budget-mib", "log-level"];
+
+fn shutdown_now(reason: u32) -> ! {
+    loop {
+        let _ = hypercall::sched_shutdown(reason);
+    }
+}
+
+/// dom0 smoke test: exercises heap, frames, time, polling and grants, prints
+/// a verdict on the hypervisor console and powers off.
+pub fn dom0_smoke() -> ! {
+    let mut ok = true;
+    // heap
+    let v: Vec<u64> = (0..131_072u64).collect();
+    let sum: u64 = v.iter().sum();
+    ok &= sum == 131_072 * 131_071 / 2;
+    drop(v);
+    // frames: take every free frame, write to it, give it back
+    let before = mm::report();
+    let mut frames = Vec::new();
+    while let Some(f) = mm::alloc_frame() {
+        // SAFETY: the frame is mapped writable and ours until freed.
+        unsafe { core::ptr::write_bytes(f.va, 0xa5, 4096) };
+        frames.push(f);
+    }
+    let n = frames.len();
+    // SAFETY: as above, read back the last frame.
+    ok &= frames.last().map(|f| unsafe { *f.va.add(4095) } == 0xa5).unwrap_or(false);
+    for f in frames {
+        mm::free_frame(f);
+    }
+    ok &= mm::report().capacity_kib == before.capacity_kib;
+    info!("frames: allocated, wrote and freed all {n} free frames ({} KiB)", n * 4);
+    // time and SCHEDOP_poll with a deadline
+    let t0 = time::now_ns();
+    time::sleep_ns(200_000_000);
+    let dt = time::now_ns() - t0;
+    ok &= (200_000_000..2_000_000_000).contains(&dt);
+    info!("time: slept 200 ms by SCHEDOP_poll, measured {} ms", dt / 1_000_000);
+    // grants
+    match mm::alloc_frame() {
+        Some(f) => match gnttab::grant_access(0, f.mfn, true) {
+            Ok(gref) => {
+                let ended = gnttab::end_access(gref).is_ok();
+                ok &= ended;
+                info!("grant: granted mfn {:#x} as ref {gref}, revoked: {ended}", f.mfn);
+                mm::free_frame(f);
+            }
+            Err(e) => {
+                ok = false;
+                error!("grant: {e}");
+            }
+        },
+        None => ok = false,
+    }
+    let m = mm::report();
+    info!("capacity: total {} KiB, used {} KiB, free for storage {} KiB", m.total_kib, m.used_kib, m.capacity_kib);
+    println!("RESILIRE-SMOKE: {}", if ok { "PASS" } else { "FAIL" });
+    shutdown_now(shutdown::POWEROFF)
+}
+
+struct App {
+    xs: Client<XsRing>,
+    port: u32,
+    state: State,
+    reason: String,
+    cfg: Option<Config>,
+    boot_to_ready_ms: Option<u64>,
+    status_warned: bool,
+}
+
+/// domU main loop; never returns (ends with SCHEDOP_shutdown).
+pub fn run(bi: &BootInfo) -> ! {
+    let (mfn, port) = bi.store.expect("a domU has a xenstore ring");
+    // SAFETY: the xenstore page is in the boot mapping for the domain's life.
+    let ring = unsafe { XsRing::new(mm::mfn_to_va(mfn) as *mut XenstoreDomainInterface, port) };
+    let mut app = App {
+        xs: Client::new(ring),
+        port,
+        state: State::Booting,
+        reason: String::new(),
+        cfg: None,
+        boot_to_ready_ms: None,
+        status_warned: false,
+    };
+    let domid = app.xs.read(NO_TX, "domid").unwrap_or_else(|e| panic!("xenstore: reading domid: {e}"));
+    let home = app.xs.domain_path(domid.parse().unwrap_or(0)).unwrap_or_default();
+    info!("xenstore: connected, domain {domid}, home {home}");
+    app.publish_status();
+    if let Err(e) = app.xs.watch(CONFIG_DIR, "config") {
+        error!("xenstore: cannot watch {CONFIG_DIR}: {e}");
+    }
+    if let Err(e) = app.xs.watch("control/shutdown", "shutdown") {
+        error!("xenstore: cannot watch control/shutdown: {e}");
+    }
+    let mut next_status = time::now_ns() + STATUS_PERIOD_NS;
+    loop {
+        events::clear(app.port);
+        if let Err(e) = app.xs.poll() {
+            error!("xenstore: {e}");
+        }
+        let (mut reconfigure, mut check_shutdown) = (false, false);
+        while let Some(ev) = app.xs.next_event() {
+            debug!("watch {} fired on {}", ev.token, ev.path);
+            match ev.token.as_str() {
+                "config" => reconfigure = true,
+                "shutdown" => check_shutdown = true,
+                _ => {}
+            }
+        }
+        if check_shutdown {
+            if let Some(reason) = app.shutdown_request() {
+                app.stop(reason);
+            }
+        }
+        if reconfigure {
+            app.load_config();
+            app.publish_status();
+        }
+        let now = time::now_ns();
+        if now >= next_status {
+            app.publish_periodic();
+            next_status = now + STATUS_PERIOD_NS;
+        }
+        events::wait(&[app.port], next_status);
+    }
+}
+
+impl App {
+    /// Reads the whole config directory in one transaction.
+    fn fetch_config(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), XsError> {
+        self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
+            let mut map = BTreeMap::new();
+            for k in CONFIG_KEYS {
+                if let Some(v) = xs.read_opt(tx, &format!("{CONFIG_DIR}/{k}"))? {
+                    map.insert(k.to_string(), v);
+                }
+            }
+            let ids = match xs.directory(tx, &format!("{CONFIG_DIR}/{KEYS_DIR}")) {
+                Ok(ids) => ids,
+                Err(XsError::NoEntry) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            for id in &ids {
+                let k = format!("{KEYS_DIR}/{id}");
+                if let Some(v) = xs.read_opt(tx, &format!("{CONFIG_DIR}/{k}"))? {
+                    map.insert(k, v);
+                }
+            }
+            Ok((map, ids))
+        })
+    }
+
+    fn load_config(&mut self) {
+        let (state, reason, cfg) = match self.fetch_config() {
+            Err(e) => (State::Misconfigured, format!("cannot read {CONFIG_DIR}: {e}"), None),
+            Ok((map, ids)) if map.is_empty() && ids.is_empty() => {
+                (State::Misconfigured, format!("no configuration under {CONFIG_DIR}"), None)
+            }
+            Ok((map, ids)) => match config::parse(&|k| map.get(k).cloned(), &ids) {
+                Err(e) => (State::Misconfigured, e.to_string(), None),
+                Ok(cfg) => match config::check_budget(&cfg, mm::report().capacity_kib) {
+                    Err(e) => (State::Misconfigured, e.to_string(), None),
+                    Ok(()) => (State::Ready, String::new(), Some(cfg)),
+                },
+            },
+        };
+        if let Some(c) = &cfg {
+            logger::set_level(c.log_level);
+            info!(
+                "config: ready: {}/{} gw {} port {} budget {} MiB, {} primary key(s), log {}",
+                c.address,
+                c.prefix,
+                c.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+                c.port,
+                c.memory_budget_mib,
+                c.keys.len(),
+                c.log_level.as_str()
+            );
+            if self.boot_to_ready_ms.is_none() {
+                self.boot_to_ready_ms = Some(time::uptime_ns() / 1_000_000);
+            }
+        } else {
+            warn!("config: misconfigured, refusing work: {reason}");
+        }
+        self.state = state;
+        self.reason = reason;
+        self.cfg = cfg;
+    }
+
+    fn publish_status(&mut self) {
+        let entries = config::status_entries(
+            self.state,
+            &self.reason,
+            VERSION,
+            mm::report(),
+            time::uptime_ns() / NS_PER_S,
+            self.cfg.as_ref(),
+        );
+        let has_cfg = self.cfg.is_some();
+        let ready_ms = self.boot_to_ready_ms;
+        let r = self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
+            for (k, v) in &entries {
+                xs.write(tx, &format!("{STATUS_DIR}/{k}"), v)?;
+            }
+            if !has_cfg {
+                for k in EFFECTIVE_KEYS {
+                    xs.rm(tx, &format!("{STATUS_DIR}/{k}"))?;
+                }
+            }
+            if let Some(ms) = ready_ms {
+                xs.write(tx, &format!("{STATUS_DIR}/boot_to_ready_ms"), &format!("{ms}"))?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => info!("status: {}{}{}", self.state.as_str(), if self.reason.is_empty() { "" } else { ": " }, self.reason),
+            Err(e) if !self.status_warned => {
+                self.status_warned = true;
+                error!("status: cannot write {STATUS_DIR} (dom0 must create it writable for this domain): {e}");
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn publish_periodic(&mut self) {
+        let m = mm::report();
+        let up = time::uptime_ns() / NS_PER_S;
+        let _ = self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
+            xs.write(tx, &format!("{STATUS_DIR}/uptime_s"), &format!("{up}"))?;
+            xs.write(tx, &format!("{STATUS_DIR}/mem_used_kib"), &format!("{}", m.used_kib))?;
+            xs.write(tx, &format!("{STATUS_DIR}/capacity_kib"), &format!("{}", m.capacity_kib))
+        });
+    }
+
+    /// Reads and acknowledges control/shutdown; returns the SHUTDOWN_* reason
+    /// if the toolstack asked for one the appliance honours.
+    fn shutdown_request(&mut self) -> Option<u32> {
+        let r = self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
+            let v = xs.read_opt(tx, "control/shutdown")?.unwrap_or_default();
+            if !v.is_empty() {
+                xs.write(tx, "control/shutdown", "")?;
+            }
+            Ok(v)
+        });
+        match r {
+            Ok(v) => match v.as_str() {
+                "" => None,
+                "poweroff" | "halt" => Some(shutdown::POWEROFF),
+                "reboot" => Some(shutdown::REBOOT),
+                other => {
+                    warn!("control/shutdown: '{other}' is not supported yet, ignored");
+                    None
+                }
+            },
+            Err(e) => {
+                error!("control/shutdown: {e}");
+                None
+            }
+        }
+    }
+
+    fn stop(&mut self, reason: u32) -> ! {
+        let what = if reason == shutdown::REBOOT { "reboot" } else { "poweroff" };
+        info!("shutdown requested by the toolstack: {what}");
+        self.state = State::Stopping;
+        self.reason = format!("{what} requested");
+        self.publish_status();
+        println!("Resilire appliance stopped ({what})");
+        shutdown_now(reason)
+    }
+}
