@@ -1,7 +1,9 @@
 //! Primary-side FGBI encoder (std).
 
-use crate::{check_block_size, op, tag, varint, zrle, BlockSizeError, MAX_CHUNK_LEN, MAX_OPS_LEN,
-    MAX_RECORD_LEN, PAGE_SIZE};
+use crate::{
+    check_block_size, op, tag, varint, zrle, BlockSizeError, MAX_BATCH_LEN, MAX_CHUNK_LEN,
+    MAX_OPS_LEN, MAX_RECORD_LEN, PAGE_SIZE,
+};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Encoder settings.
@@ -9,13 +11,21 @@ use xxhash_rust::xxh3::xxh3_64;
 pub struct EncoderConfig {
     /// Block size in bytes (power of two, 32..=4096).
     pub block_size: usize,
-    /// log2 of the number of content-index slots (4 bytes each); `None` picks one slot per four
-    /// blocks of the image (about 1.6% of the image size at 64-byte blocks).
+    /// log2 of the number of content-index slots (8 bytes each: block position and a 32-bit
+    /// hash tag); `None` picks one slot per four blocks of the image (about 3% of the image
+    /// size at 64-byte blocks).
     pub index_slots_log2: Option<u32>,
     /// zstd level for compressed op streams.
     pub zstd_level: i32,
-    /// Largest chunk emitted (at most [`MAX_CHUNK_LEN`]).
+    /// Largest chunk emitted (at most [`MAX_CHUNK_LEN`]; raised to the smallest workable size).
     pub max_chunk_len: usize,
+    /// Records are gathered into batches of about this many bytes, each compressed with zstd as
+    /// a whole when that is smaller ([`tag::ZBATCH`]). 0 disables batches; page op streams are
+    /// then compressed one by one ([`tag::ZOPS`]) when that is smaller.
+    pub batch_len: usize,
+    /// Deltas carry the new bytes ([`op::PATCH`], compresses better) rather than XOR values
+    /// ([`op::XOR`]); both have the same zero-run structure and size before compression.
+    pub patch: bool,
 }
 
 impl Default for EncoderConfig {
@@ -25,6 +35,8 @@ impl Default for EncoderConfig {
             index_slots_log2: None,
             zstd_level: 1,
             max_chunk_len: MAX_CHUNK_LEN,
+            batch_len: 128 * 1024,
+            patch: true,
         }
     }
 }
@@ -34,7 +46,7 @@ impl Default for EncoderConfig {
 pub struct MemoryOverhead {
     /// Shadow copy of the content last sent (one byte per byte of image).
     pub shadow: usize,
-    /// Content index (4 bytes per slot).
+    /// Content index (8 bytes per slot).
     pub index: usize,
     /// Undo log of the current epoch (old content of pages changed since the last commit).
     pub undo: usize,
@@ -64,6 +76,8 @@ pub struct EncodeStats {
     pub ops_pages: u64,
     /// zstd op-stream records.
     pub zops_pages: u64,
+    /// Compressed batches written.
+    pub batches: u64,
     /// Changed blocks.
     pub blocks_changed: u64,
     /// Changed blocks sent as references.
@@ -75,8 +89,16 @@ pub struct EncodeStats {
 }
 
 const EMPTY: u32 = u32::MAX;
+const EMPTY_SLOT: u64 = EMPTY as u64;
+/// Only blocks with at least this many changed bytes are looked up in the content index
+/// (below it, a delta costs about as much as a reference).
+const REF_MIN_DIFF: usize = 8;
 /// Below this op-stream length zstd is not tried.
 const ZSTD_MIN: usize = 48;
+/// Undo-log capacity kept across epochs.
+const UNDO_KEEP: usize = 64 << 20;
+/// Room kept in a chunk beyond records for a batch header.
+const SLACK: usize = 32;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -98,17 +120,18 @@ pub struct Encoder {
     bpp: usize,
     page_count: u64,
     shadow: Vec<u8>,
-    index: Vec<u32>,
+    index: Vec<u64>,
+    cands: Vec<u64>,
     mask: u64,
-    undo_pfns: Vec<u64>,
+    undo_blocks: Vec<u32>,
     undo_data: Vec<u8>,
-    touched: Vec<u64>,
     zc: zstd::bulk::Compressor<'static>,
     ops: Vec<u8>,
     ops2: Vec<u8>,
     zout: Vec<u8>,
     zout2: Vec<u8>,
     chunk: Vec<u8>,
+    batch: Vec<u8>,
     next_pfn: u64,
     kinds: Vec<Kind>,
     hashes: Vec<u64>,
@@ -124,11 +147,18 @@ impl std::fmt::Debug for Encoder {
     }
 }
 
+/// Whether two equal-length blocks differ, and whether the second is all zeros (one pass over
+/// 64-bit words; vectorised by the compiler).
 #[inline]
-fn is_zero(b: &[u8]) -> bool {
-    let (w, rest) = b.split_at(b.len() & !7);
-    w.chunks_exact(8).all(|c| u64::from_le_bytes(c.try_into().unwrap_or([1; 8])) == 0)
-        && rest.iter().all(|&x| x == 0)
+fn block_diff(o: &[u8], n: &[u8]) -> (bool, bool) {
+    let mut acc = 0u64;
+    let mut nz = 0u64;
+    for (x, y) in o.chunks_exact(8).zip(n.chunks_exact(8)) {
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or([0; 8]));
+        acc |= u64::from_ne_bytes(x.try_into().unwrap_or([0; 8])) ^ y;
+        nz |= y;
+    }
+    (acc != 0, nz == 0)
 }
 
 /// Number of differing bytes between two equal-length blocks.
@@ -179,22 +209,27 @@ impl Encoder {
         let slots = 1usize << log2.min(32);
         let zc = zstd::bulk::Compressor::new(cfg.zstd_level).expect("zstd context");
         Ok(Encoder {
-            cfg: EncoderConfig { max_chunk_len: cfg.max_chunk_len.clamp(MAX_RECORD_LEN, MAX_CHUNK_LEN), ..cfg },
+            cfg: EncoderConfig {
+                max_chunk_len: cfg.max_chunk_len.clamp(MAX_RECORD_LEN + SLACK, MAX_CHUNK_LEN),
+                batch_len: cfg.batch_len.min(MAX_BATCH_LEN - MAX_RECORD_LEN),
+                ..cfg
+            },
             bs,
             bpp,
             page_count,
             shadow: vec![0u8; page_count as usize * PAGE_SIZE],
-            index: vec![EMPTY; slots],
+            index: vec![EMPTY_SLOT; slots],
+            cands: vec![EMPTY_SLOT; bpp],
             mask: slots as u64 - 1,
-            undo_pfns: Vec::new(),
+            undo_blocks: Vec::new(),
             undo_data: Vec::new(),
-            touched: vec![0u64; (page_count as usize).div_ceil(64)],
             zc,
             ops: Vec::with_capacity(MAX_OPS_LEN + 64),
             ops2: Vec::with_capacity(MAX_OPS_LEN + 64),
-            zout: Vec::with_capacity(zstd::zstd_safe::compress_bound(MAX_OPS_LEN) + 64),
+            zout: Vec::with_capacity(zstd::zstd_safe::compress_bound(MAX_BATCH_LEN) + 64),
             zout2: Vec::with_capacity(zstd::zstd_safe::compress_bound(MAX_OPS_LEN) + 64),
             chunk: Vec::with_capacity(MAX_CHUNK_LEN),
+            batch: Vec::with_capacity(MAX_BATCH_LEN),
             next_pfn: 0,
             kinds: vec![Kind::Skip; bpp],
             hashes: vec![0; bpp],
@@ -221,16 +256,17 @@ impl Encoder {
     pub fn memory_overhead(&self) -> MemoryOverhead {
         MemoryOverhead {
             shadow: self.shadow.capacity(),
-            index: self.index.capacity() * 4,
-            undo: self.undo_data.capacity() + self.undo_pfns.capacity() * 8,
+            index: self.index.capacity() * 8,
+            undo: self.undo_data.capacity() + self.undo_blocks.capacity() * 4,
             scratch: self.ops.capacity()
                 + self.ops2.capacity()
                 + self.zout.capacity()
                 + self.zout2.capacity()
                 + self.chunk.capacity()
-                + self.touched.capacity() * 8
+                + self.batch.capacity()
                 + self.kinds.capacity() * std::mem::size_of::<Kind>()
-                + self.hashes.capacity() * 8,
+                + self.hashes.capacity() * 8
+                + self.cands.capacity() * 8,
         }
     }
 
@@ -239,10 +275,10 @@ impl Encoder {
         std::mem::take(&mut self.stats)
     }
 
+    /// Slot of a hash: its low bits (the high 32 bits are the tag kept in the slot).
     #[inline]
     fn slot(&self, h: u64) -> usize {
-        // Fold the high bits in so that small tables use all of the hash.
-        ((h ^ (h >> 32)) & self.mask) as usize
+        (h & self.mask) as usize
     }
 
     /// Encodes page `pfn` (a dirty page) into the current chunk, calling `emit` with each chunk
@@ -253,59 +289,77 @@ impl Encoder {
         let base = pfn as usize * PAGE_SIZE;
         let bs = self.bs;
         let bpp = self.bpp;
+        // 1. One pass over the page: changed blocks, zero blocks.
+        let mut changed = 0usize;
+        let mut all_zero = true;
         {
             let old = &self.shadow[base..base + PAGE_SIZE];
-            if old == &page[..] {
-                self.stats.pages_unchanged += 1;
-                return;
+            for (b, (o, n)) in old.chunks_exact(bs).zip(page.chunks_exact(bs)).enumerate() {
+                let (differs, zero) = block_diff(o, n);
+                all_zero &= zero;
+                self.kinds[b] = match (differs, zero) {
+                    (false, _) => Kind::Skip,
+                    (true, true) => Kind::Zero,
+                    (true, false) => Kind::Xor,
+                };
+                changed += usize::from(differs);
             }
         }
-        if self.chunk.len() + MAX_RECORD_LEN > self.cfg.max_chunk_len || pfn < self.next_pfn {
+        if changed == 0 {
+            self.stats.pages_unchanged += 1;
+            return;
+        }
+        self.stats.blocks_changed += changed as u64;
+        if pfn < self.next_pfn {
             self.flush(emit);
+        } else if self.chunk.len() + self.batch.len() + MAX_RECORD_LEN + SLACK > self.cfg.max_chunk_len {
+            self.seal_batch();
+            if self.chunk.len() + MAX_RECORD_LEN + SLACK > self.cfg.max_chunk_len {
+                self.flush(emit);
+            }
         }
         let delta = pfn - self.next_pfn;
         self.next_pfn = pfn + 1;
-        let rec_start = self.chunk.len();
+        let first_blk = pfn * bpp as u64;
 
-        if is_zero(page) {
-            self.chunk.push(tag::ZERO_PAGE);
-            varint::put(&mut self.chunk, delta);
+        if all_zero {
+            self.batch.push(tag::ZERO_PAGE);
+            varint::put(&mut self.batch, delta);
             self.stats.zero_pages += 1;
         } else {
-            // 1. Classify blocks.
-            let mut changed = 0usize;
-            let first_blk = pfn * bpp as u64;
+            // 2. References for changed non-zero blocks whose content the backup has. First
+            // all index loads (independent, so their cache misses overlap), then verification.
             for b in 0..bpp {
-                let o = &self.shadow[base + b * bs..base + (b + 1) * bs];
+                if self.kinds[b] != Kind::Xor {
+                    continue;
+                }
                 let n = &page[b * bs..(b + 1) * bs];
-                if o == n {
-                    self.kinds[b] = Kind::Skip;
-                    continue;
-                }
-                changed += 1;
-                if is_zero(n) {
-                    self.kinds[b] = Kind::Zero;
-                    self.hashes[b] = 0;
-                    continue;
-                }
                 let h = xxh3_64(n);
                 self.hashes[b] = h;
-                self.kinds[b] = Kind::Xor;
-                // A reference costs about 3 bytes; an XOR delta at least 2 + differing bytes.
-                if diff_bytes(o, n) >= 3 {
-                    let cand = self.index[self.slot(h)];
-                    if cand != EMPTY {
-                        let c = u64::from(cand);
-                        let cs = c as usize * bs;
-                        if c != first_blk + b as u64 && self.shadow[cs..cs + bs] == *n {
-                            self.kinds[b] = Kind::Ref(c);
-                        }
-                    }
+                self.cands[b] = self.index[self.slot(h)];
+            }
+            for b in 0..bpp {
+                if self.kinds[b] != Kind::Xor {
+                    continue;
+                }
+                let cand = self.cands[b];
+                if cand as u32 == EMPTY || (cand >> 32) as u32 != (self.hashes[b] >> 32) as u32 {
+                    continue;
+                }
+                let o = &self.shadow[base + b * bs..base + (b + 1) * bs];
+                let n = &page[b * bs..(b + 1) * bs];
+                if diff_bytes(o, n) < REF_MIN_DIFF {
+                    continue;
+                }
+                let c = u64::from(cand as u32);
+                let cs = c as usize * bs;
+                // Never trust the hash: compare the bytes the backup holds.
+                if c != first_blk + b as u64 && self.shadow[cs..cs + bs] == *n {
+                    self.kinds[b] = Kind::Ref(c);
                 }
             }
-            self.stats.blocks_changed += changed as u64;
 
-            // 2. Op stream with runs.
+            // 3. Op stream with runs.
             self.ops.clear();
             let mut pred: Option<u64> = None;
             let mut b = 0;
@@ -348,7 +402,12 @@ impl Encoder {
                         let o = &self.shadow[base + b * bs..base + e * bs];
                         let nw = &page[b * bs..e * bs];
                         let body = self.ops.len();
-                        zrle::encode_xor(o, nw, &mut self.ops);
+                        if self.cfg.patch {
+                            self.ops[start] = (self.ops[start] & 31) | op::PATCH << 5;
+                            zrle::encode_patch(o, nw, &mut self.ops);
+                        } else {
+                            zrle::encode_xor(o, nw, &mut self.ops);
+                        }
                         if self.ops.len() - body >= n * bs {
                             self.ops.truncate(start);
                             put_op(&mut self.ops, op::LIT, n);
@@ -359,13 +418,13 @@ impl Encoder {
                 b = e;
             }
 
-            // 3. Choose by measured size.
+            // 4. Choose by measured size.
             let ops_len = self.ops.len();
             let ops_size = varint::len(ops_len as u64) + ops_len;
             let raw_size = PAGE_SIZE;
             let mut best = if ops_size < raw_size { 1 } else { 0 }; // 0 raw, 1 ops, 2 zops(ops), 3 zops(lit)
             let mut best_size = ops_size.min(raw_size);
-            if ops_len >= ZSTD_MIN {
+            if ops_len >= ZSTD_MIN && self.cfg.batch_len == 0 {
                 if let Some(s) = compress(&mut self.zc, &self.ops, &mut self.zout) {
                     let total = varint::len(ops_len as u64) + varint::len(s as u64) + s;
                     if total < best_size {
@@ -388,16 +447,16 @@ impl Encoder {
             }
             match best {
                 0 => {
-                    self.chunk.push(tag::RAW_PAGE);
-                    varint::put(&mut self.chunk, delta);
-                    self.chunk.extend_from_slice(page);
+                    self.batch.push(tag::RAW_PAGE);
+                    varint::put(&mut self.batch, delta);
+                    self.batch.extend_from_slice(page);
                     self.stats.raw_pages += 1;
                 }
                 1 => {
-                    self.chunk.push(tag::OPS);
-                    varint::put(&mut self.chunk, delta);
-                    varint::put(&mut self.chunk, ops_len as u64);
-                    self.chunk.extend_from_slice(&self.ops);
+                    self.batch.push(tag::OPS);
+                    varint::put(&mut self.batch, delta);
+                    varint::put(&mut self.batch, ops_len as u64);
+                    self.batch.extend_from_slice(&self.ops);
                     self.stats.ops_pages += 1;
                 }
                 _ => {
@@ -406,39 +465,72 @@ impl Encoder {
                     } else {
                         (self.ops2.len(), &self.zout2)
                     };
-                    self.chunk.push(tag::ZOPS);
-                    varint::put(&mut self.chunk, delta);
-                    varint::put(&mut self.chunk, raw_len as u64);
-                    varint::put(&mut self.chunk, (z.len() - 4) as u64);
-                    self.chunk.extend_from_slice(&z[4..]);
+                    self.batch.push(tag::ZOPS);
+                    varint::put(&mut self.batch, delta);
+                    varint::put(&mut self.batch, raw_len as u64);
+                    varint::put(&mut self.batch, (z.len() - 4) as u64);
+                    self.batch.extend_from_slice(&z[4..]);
                     self.stats.zops_pages += 1;
                 }
             }
         }
-        self.stats.bytes_out += (self.chunk.len() - rec_start) as u64;
-
-        // 4. Update undo log, shadow and index.
-        let word = (pfn / 64) as usize;
-        let bit = 1u64 << (pfn % 64);
-        if self.touched[word] & bit == 0 {
-            self.touched[word] |= bit;
-            self.undo_pfns.push(pfn);
-            self.undo_data.extend_from_slice(&self.shadow[base..base + PAGE_SIZE]);
+        if self.batch.len() >= self.cfg.batch_len {
+            self.seal_batch();
         }
-        self.shadow[base..base + PAGE_SIZE].copy_from_slice(page);
-        if self.chunk[rec_start] != tag::ZERO_PAGE {
-            for b in 0..bpp {
-                if self.kinds[b] == Kind::Xor || matches!(self.kinds[b], Kind::Ref(_)) {
-                    let s = self.slot(self.hashes[b]);
-                    self.index[s] = (pfn * bpp as u64 + b as u64) as u32;
-                }
+
+        // 5. Update undo log, shadow and index, run by run of changed blocks.
+        let mut b = 0;
+        while b < bpp {
+            if self.kinds[b] == Kind::Skip {
+                b += 1;
+                continue;
             }
+            let mut e = b;
+            while e < bpp && self.kinds[e] != Kind::Skip {
+                if !all_zero && self.kinds[e] != Kind::Zero {
+                    let h = self.hashes[e];
+                    let s = self.slot(h);
+                    self.index[s] = (h >> 32) << 32 | (first_blk + e as u64);
+                }
+                self.undo_blocks.push((first_blk + e as u64) as u32);
+                e += 1;
+            }
+            let r = base + b * bs..base + e * bs;
+            self.undo_data.extend_from_slice(&self.shadow[r.clone()]);
+            self.shadow[r].copy_from_slice(&page[b * bs..e * bs]);
+            b = e;
         }
     }
 
-    /// Emits the current chunk if it is not empty.
+    /// Moves the open batch into the chunk, compressed as one [`tag::ZBATCH`] record when that is
+    /// smaller.
+    fn seal_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if self.cfg.batch_len > 0 && self.batch.len() >= ZSTD_MIN {
+            if let Some(c) = compress(&mut self.zc, &self.batch, &mut self.zout) {
+                let total = 1 + varint::len(self.batch.len() as u64) + varint::len(c as u64) + c;
+                if total < self.batch.len() {
+                    self.chunk.push(tag::ZBATCH);
+                    varint::put(&mut self.chunk, self.batch.len() as u64);
+                    varint::put(&mut self.chunk, c as u64);
+                    self.chunk.extend_from_slice(&self.zout[4..]);
+                    self.batch.clear();
+                    self.stats.batches += 1;
+                    return;
+                }
+            }
+        }
+        self.chunk.extend_from_slice(&self.batch);
+        self.batch.clear();
+    }
+
+    /// Emits the current chunk (with the open batch) if it is not empty.
     pub fn flush(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        self.seal_batch();
         if !self.chunk.is_empty() {
+            self.stats.bytes_out += self.chunk.len() as u64;
             emit(&self.chunk);
             self.chunk.clear();
         }
@@ -465,26 +557,28 @@ impl Encoder {
 
     /// The backup committed the epoch: forget the undo log.
     pub fn commit_epoch(&mut self) {
-        for &p in &self.undo_pfns {
-            self.touched[(p / 64) as usize] = 0;
-        }
-        self.undo_pfns.clear();
+        self.undo_blocks.clear();
         self.undo_data.clear();
+        // Do not keep the capacity of an unusually large epoch (the first, full one).
+        if self.undo_data.capacity() > UNDO_KEEP {
+            self.undo_data = Vec::new();
+            self.undo_blocks = Vec::new();
+        }
     }
 
     /// The epoch did not commit (connection lost, backup refused): restore the shadow to the
     /// last committed image and drop the unsent chunk. Index entries pointing at rolled-back
     /// content are harmless: every candidate is verified against the shadow.
     pub fn abort_epoch(&mut self) {
-        for (i, &p) in self.undo_pfns.iter().enumerate() {
-            let s = p as usize * PAGE_SIZE;
-            self.shadow[s..s + PAGE_SIZE]
-                .copy_from_slice(&self.undo_data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
-            self.touched[(p / 64) as usize] = 0;
+        let bs = self.bs;
+        for (i, &blk) in self.undo_blocks.iter().enumerate().rev() {
+            let s = blk as usize * bs;
+            self.shadow[s..s + bs].copy_from_slice(&self.undo_data[i * bs..(i + 1) * bs]);
         }
-        self.undo_pfns.clear();
+        self.undo_blocks.clear();
         self.undo_data.clear();
         self.chunk.clear();
+        self.batch.clear();
         self.next_pfn = 0;
     }
 }

@@ -40,7 +40,9 @@ pub const MAX_BLOCK_SIZE: usize = PAGE_SIZE;
 pub const DEFAULT_BLOCK_SIZE: usize = 64;
 /// Largest (decompressed) op stream of one page record the decoder accepts.
 pub const MAX_OPS_LEN: usize = 2 * PAGE_SIZE;
-/// Largest record the encoder ever writes (a raw page: tag, 10-byte pfn varint, page).
+/// Largest decompressed payload of a [`tag::ZBATCH`] record.
+pub const MAX_BATCH_LEN: usize = 256 * 1024;
+/// Largest record the encoder ever writes outside a batch (a raw page: tag, 10-byte pfn varint, page).
 pub const MAX_RECORD_LEN: usize = 1 + 10 + PAGE_SIZE;
 
 /// Record tags (first byte of every record).
@@ -54,6 +56,11 @@ pub mod tag {
     /// Like [`OPS`], but the op stream is zstd-compressed: `varint raw_len`, `varint clen`,
     /// then a zstd frame of `clen` bytes *without* its 4-byte magic number.
     pub const ZOPS: u8 = 0x04;
+    /// A batch of records compressed together: `varint raw_len` (at most
+    /// [`crate::MAX_BATCH_LEN`]), `varint clen`, then a zstd frame without its magic number that
+    /// decompresses to `raw_len` bytes of whole records (no nested batches). This record has no
+    /// pfn field; its inner records continue the chunk's running page number.
+    pub const ZBATCH: u8 = 0x05;
 }
 
 /// Op kinds of a page's op stream (high 3 bits of an op byte).
@@ -68,6 +75,9 @@ pub mod op {
     pub const XOR: u8 = 3;
     /// Blocks copied from consecutive blocks of the image (`varint zigzag delta` follows).
     pub const REF: u8 = 4;
+    /// Blocks patched with a zero-run coded delta whose literal bytes are the *new* bytes
+    /// (same runs as [`XOR`]: the runs where the XOR with the old content is non-zero).
+    pub const PATCH: u8 = 5;
 }
 
 /// Checks that `block_size` is a power of two in `MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE`.
@@ -212,6 +222,15 @@ pub mod zrle {
 
     /// Appends the zero-run coded XOR of `old` and `new` (equal lengths) to `out`.
     pub fn encode_xor(old: &[u8], new: &[u8], out: &mut Vec<u8>) {
+        encode(old, new, out, true)
+    }
+
+    /// Like [`encode_xor`], but literal bytes are the new bytes (a patch, as QEMU's XBZRLE).
+    pub fn encode_patch(old: &[u8], new: &[u8], out: &mut Vec<u8>) {
+        encode(old, new, out, false)
+    }
+
+    fn encode(old: &[u8], new: &[u8], out: &mut Vec<u8>, xor: bool) {
         let n = old.len().min(new.len());
         let mut i = 0;
         while i < n {
@@ -233,7 +252,11 @@ pub mod zrle {
             }
             varint::put(out, (ls - zs) as u64);
             varint::put(out, (i - ls) as u64);
-            out.extend(old[ls..i].iter().zip(&new[ls..i]).map(|(a, b)| a ^ b));
+            if xor {
+                out.extend(old[ls..i].iter().zip(&new[ls..i]).map(|(a, b)| a ^ b));
+            } else {
+                out.extend_from_slice(&new[ls..i]);
+            }
             if ls == i {
                 // Only trailing zeros were left.
                 break;
@@ -243,6 +266,15 @@ pub mod zrle {
 
     /// Reads a delta covering `target.len()` bytes from `cur` and XORs it into `target`.
     pub fn apply_xor(cur: &mut Cursor<'_>, target: &mut [u8]) -> Result<(), Malformed> {
+        apply(cur, target, true)
+    }
+
+    /// Reads a patch covering `target.len()` bytes from `cur` and writes its literals.
+    pub fn apply_patch(cur: &mut Cursor<'_>, target: &mut [u8]) -> Result<(), Malformed> {
+        apply(cur, target, false)
+    }
+
+    fn apply(cur: &mut Cursor<'_>, target: &mut [u8], xor: bool) -> Result<(), Malformed> {
         let mut pos = 0usize;
         while pos < target.len() {
             let left = target.len() - pos;
@@ -254,8 +286,12 @@ pub mod zrle {
             pos += z;
             let lit = cur.take(l)?;
             let dst = target.get_mut(pos..pos + l).ok_or(Malformed)?;
-            for (d, s) in dst.iter_mut().zip(lit) {
-                *d ^= *s;
+            if xor {
+                for (d, s) in dst.iter_mut().zip(lit) {
+                    *d ^= *s;
+                }
+            } else {
+                dst.copy_from_slice(lit);
             }
             pos += l;
         }
@@ -353,6 +389,7 @@ pub struct Decoder {
     page: Box<[u8; PAGE_SIZE]>,
     ops: Vec<u8>,
     zframe: Vec<u8>,
+    batch: Vec<u8>,
     zdec: ruzstd::decoding::FrameDecoder,
 }
 
@@ -370,7 +407,8 @@ impl Decoder {
             block_size,
             page: Box::new([0u8; PAGE_SIZE]),
             ops: vec![0u8; MAX_OPS_LEN],
-            zframe: Vec::with_capacity(MAX_RECORD_LEN + 16),
+            zframe: Vec::new(),
+            batch: Vec::new(),
             zdec: ruzstd::decoding::FrameDecoder::new(),
         })
     }
@@ -390,20 +428,51 @@ impl Decoder {
         if chunk.len() > MAX_CHUNK_LEN {
             return Err(DecodeError::ChunkTooLong(chunk.len()));
         }
-        let page_count = target.page_count();
-        let mut cur = Cursor::new(chunk);
         let mut next_pfn: u64 = 0;
         let mut stats = ChunkStats::default();
+        self.apply_records(target, chunk, 0, &mut next_pfn, &mut stats, true)?;
+        Ok(stats)
+    }
+
+    fn apply_records<T: PageTarget>(
+        &mut self,
+        target: &mut T,
+        bytes: &[u8],
+        base_offset: usize,
+        next_pfn: &mut u64,
+        stats: &mut ChunkStats,
+        outer: bool,
+    ) -> Result<(), DecodeError<T::Error>> {
+        let page_count = target.page_count();
+        let mut cur = Cursor::new(bytes);
         while !cur.is_empty() {
-            let offset = chunk.len() - cur.remaining();
+            let offset = base_offset + bytes.len() - cur.remaining();
             let bad = |_| DecodeError::Malformed { offset };
             let t = cur.u8().map_err(bad)?;
+            if t == tag::ZBATCH {
+                if !outer {
+                    return Err(DecodeError::Malformed { offset });
+                }
+                let raw_len = cur.varint_max(MAX_BATCH_LEN).map_err(bad)?;
+                let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
+                let frame = cur.take(clen).map_err(bad)?;
+                let mut batch = core::mem::take(&mut self.batch);
+                batch.resize(raw_len, 0);
+                let r = self.inflate(frame, &mut batch[..]);
+                let r = match r {
+                    Ok(()) => self.apply_records(target, &batch, offset, next_pfn, stats, false),
+                    Err(_) => Err(DecodeError::Malformed { offset }),
+                };
+                self.batch = batch;
+                r?;
+                continue;
+            }
             let delta = cur.varint().map_err(bad)?;
             let pfn = next_pfn.checked_add(delta).ok_or(DecodeError::Malformed { offset })?;
             if pfn >= page_count {
                 return Err(DecodeError::PfnOutOfRange { pfn });
             }
-            next_pfn = pfn + 1;
+            *next_pfn = pfn + 1;
             match t {
                 tag::ZERO_PAGE => target.write_zero_page(pfn).map_err(DecodeError::Target)?,
                 tag::RAW_PAGE => {
@@ -420,30 +489,33 @@ impl Decoder {
                     let raw_len = cur.varint_max(MAX_OPS_LEN).map_err(bad)?;
                     let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
                     let frame = cur.take(clen).map_err(bad)?;
-                    self.inflate(frame, raw_len).map_err(|_| DecodeError::Zstd { pfn })?;
-                    let ops = self.ops.get(..raw_len).ok_or(DecodeError::Zstd { pfn })?;
-                    apply_ops(target, pfn, self.block_size, ops, &mut self.page, offset)?;
+                    let mut ops = core::mem::take(&mut self.ops);
+                    let r = self.inflate(frame, &mut ops[..raw_len]).map_err(|_| DecodeError::Zstd { pfn });
+                    let r = r.and_then(|()| {
+                        apply_ops(target, pfn, self.block_size, &ops[..raw_len], &mut self.page, offset)
+                    });
+                    self.ops = ops;
+                    r?;
                 }
                 other => return Err(DecodeError::UnknownTag { offset, tag: other }),
             }
             stats.records += 1;
         }
-        Ok(stats)
+        Ok(())
     }
 
-    /// Decompresses a magic-less zstd frame into `self.ops[..raw_len]`.
+    /// Decompresses a magic-less zstd frame into `out`.
     ///
-    /// The frame header must declare a single segment whose content size is exactly `raw_len`
-    /// (at most [`MAX_OPS_LEN`]), which bounds the decoder's window; the zstd decoder's
+    /// The frame header must declare a single segment whose content size is exactly
+    /// `out.len()`, which bounds the window; the zstd decoder's
     /// transient buffers stay within about one zstd block (128 KiB) beyond that.
-    fn inflate(&mut self, frame: &[u8], raw_len: usize) -> Result<(), Malformed> {
-        check_frame_header(frame, raw_len)?;
+    fn inflate(&mut self, frame: &[u8], out: &mut [u8]) -> Result<(), Malformed> {
+        check_frame_header(frame, out.len())?;
         self.zframe.clear();
         self.zframe.extend_from_slice(&ZSTD_MAGIC);
         self.zframe.extend_from_slice(frame);
-        let out = self.ops.get_mut(..raw_len).ok_or(Malformed)?;
         let n = self.zdec.decode_all(&self.zframe, out).map_err(|_| Malformed)?;
-        if n != raw_len {
+        if n != out.len() {
             return Err(Malformed);
         }
         Ok(())
@@ -517,6 +589,7 @@ fn apply_ops<T: PageTarget>(
             op::ZERO => dst.fill(0),
             op::LIT => dst.copy_from_slice(cur.take(n * bs).map_err(bad)?),
             op::XOR => zrle::apply_xor(&mut cur, dst).map_err(bad)?,
+            op::PATCH => zrle::apply_patch(&mut cur, dst).map_err(bad)?,
             op::REF => {
                 let delta = varint::unzigzag(cur.varint().map_err(bad)?);
                 let base = pred.unwrap_or(pfn * bpp as u64 + blk as u64);
