@@ -94,6 +94,9 @@ struct App {
     cfg: Option<Config>,
     boot_to_ready_ms: Option<u64>,
     status_warned: bool,
+    /// Whether the effective-config status keys may exist (and must be
+    /// removed when the configuration becomes invalid).
+    effective_published: bool,
 }
 
 /// domU main loop; never returns (ends with SCHEDOP_shutdown).
@@ -109,6 +112,8 @@ pub fn run(bi: &BootInfo) -> ! {
         cfg: None,
         boot_to_ready_ms: None,
         status_warned: false,
+        // a new domain starts with an empty home path
+        effective_published: false,
     };
     let domid = app.xs.read(NO_TX, "domid").unwrap_or_else(|e| panic!("xenstore: reading domid: {e}"));
     let home = app.xs.domain_path(domid.parse().unwrap_or(0)).unwrap_or_default();
@@ -225,12 +230,13 @@ impl App {
             self.cfg.as_ref(),
         );
         let has_cfg = self.cfg.is_some();
+        let remove_effective = !has_cfg && self.effective_published;
         let ready_ms = self.boot_to_ready_ms;
         let r = self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
             for (k, v) in &entries {
                 xs.write(tx, &format!("{STATUS_DIR}/{k}"), v)?;
             }
-            if !has_cfg {
+            if remove_effective {
                 for k in EFFECTIVE_KEYS {
                     xs.rm(tx, &format!("{STATUS_DIR}/{k}"))?;
                 }
@@ -240,6 +246,9 @@ impl App {
             }
             Ok(())
         });
+        if r.is_ok() {
+            self.effective_published = has_cfg;
+        }
         match r {
             Ok(()) => info!("status: {}{}{}", self.state.as_str(), if self.reason.is_empty() { "" } else { ": " }, self.reason),
             Err(e) if !self.status_warned => {

@@ -89,6 +89,10 @@ mod kernel {
             }
             Err(e) => warn!("grant table unavailable: {e}"),
         }
+        if bi.cmd_line_str().split_whitespace().any(|w| w == "resilire.test=panic") {
+            // exercises the panic path (console report + SHUTDOWN_crash)
+            panic!("test panic requested on the command line");
+        }
         if bi.is_dom0() {
             app::dom0_smoke()
         } else {

@@ -49,7 +49,7 @@ impl Transport for XsRing {
                 let cons = read_volatile(addr_of!((*self.intf).req_cons));
                 let prod = read_volatile(addr_of!((*self.intf).req_prod));
                 fence(Ordering::Acquire);
-                let req = &mut *(addr_of_mut!((*self.intf).req) as *mut [u8; XENSTORE_RING_SIZE]);
+                let req: &mut [u8; XENSTORE_RING_SIZE] = &mut *addr_of_mut!((*self.intf).req);
                 let n = ring::produce(req, prod, cons, &msg[off..])
                     .map_err(|_| XsError::Transport("request ring indices corrupt"))?;
                 if n > 0 {
@@ -79,7 +79,7 @@ impl Transport for XsRing {
                 let prod = read_volatile(addr_of!((*self.intf).rsp_prod));
                 let cons = read_volatile(addr_of!((*self.intf).rsp_cons));
                 fence(Ordering::Acquire);
-                let rsp = &*(addr_of!((*self.intf).rsp) as *const [u8; XENSTORE_RING_SIZE]);
+                let rsp: &[u8; XENSTORE_RING_SIZE] = &*addr_of!((*self.intf).rsp);
                 let n = ring::consume(rsp, prod, cons, buf)
                     .map_err(|_| XsError::Transport("response ring indices corrupt"))?;
                 if n > 0 {
