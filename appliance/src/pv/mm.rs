@@ -272,6 +272,20 @@ pub fn init(bi: &BootInfo) -> Result<InitReport, MmError> {
         unsafe { core::slice::from_raw_parts_mut((first_free << PAGE_SHIFT) as *mut u64, words) };
     probe.frames = FrameAllocator::new(bits, nr_pages, first_free + bm_pages);
     let mut mem = probe;
+    // Xen places the rings and start_info below the boot page tables, but do
+    // not rely on it: keep them out of the pool wherever they are.
+    let mut special = [bi.start_info_va >> PAGE_SHIFT, u64::MAX, u64::MAX];
+    if let Some((mfn, _)) = bi.store {
+        special[1] = mfn_to_pfn(mfn);
+    }
+    if let resilire_boot::start_info::ConsoleKind::Ring { mfn, .. } = bi.console {
+        special[2] = mfn_to_pfn(mfn);
+    }
+    for pfn in special {
+        if pfn >= first_free + bm_pages && pfn < nr_pages {
+            mem.frames.mark_used(pfn);
+        }
+    }
 
     let newly = mem.map_all(first_free)?;
 
