@@ -268,7 +268,7 @@ fn check_read_count(n: u32) -> Result<(), ProtoError> {
 /// Checks the data of READ_REPLY: whole pages, at most [`MAX_READ_PAGES`].
 fn check_read_data(d: &[u8]) -> Result<(), ProtoError> {
     check_len("read reply data", d.len(), MAX_READ_PAGES as usize * PAGE_SIZE)?;
-    if d.len() % PAGE_SIZE != 0 {
+    if !d.len().is_multiple_of(PAGE_SIZE) {
         return Err(ProtoError::BadValue("read reply data is not whole pages"));
     }
     Ok(())
