@@ -329,21 +329,12 @@ impl Encoder {
         } else {
             // 2. References for changed non-zero blocks whose content the backup has. First
             // all index loads (independent, so their cache misses overlap), then verification.
+            // Blocks with only a few changed bytes (counters, pointers) are neither looked up
+            // nor indexed: a delta is as small as a reference for them, and skipping them saves
+            // most random index accesses. Hash 0 marks them.
             for b in 0..bpp {
+                self.hashes[b] = 0;
                 if self.kinds[b] != Kind::Xor {
-                    continue;
-                }
-                let n = &page[b * bs..(b + 1) * bs];
-                let h = xxh3_64(n);
-                self.hashes[b] = h;
-                self.cands[b] = self.index[self.slot(h)];
-            }
-            for b in 0..bpp {
-                if self.kinds[b] != Kind::Xor {
-                    continue;
-                }
-                let cand = self.cands[b];
-                if cand as u32 == EMPTY || (cand >> 32) as u32 != (self.hashes[b] >> 32) as u32 {
                     continue;
                 }
                 let o = &self.shadow[base + b * bs..base + (b + 1) * bs];
@@ -351,6 +342,20 @@ impl Encoder {
                 if diff_bytes(o, n) < REF_MIN_DIFF {
                     continue;
                 }
+                let h = xxh3_64(n) | 1;
+                self.hashes[b] = h;
+                self.cands[b] = self.index[self.slot(h)];
+            }
+            for b in 0..bpp {
+                let h = self.hashes[b];
+                if h == 0 {
+                    continue;
+                }
+                let cand = self.cands[b];
+                if cand as u32 == EMPTY || (cand >> 32) as u32 != (h >> 32) as u32 {
+                    continue;
+                }
+                let n = &page[b * bs..(b + 1) * bs];
                 let c = u64::from(cand as u32);
                 let cs = c as usize * bs;
                 // Never trust the hash: compare the bytes the backup holds.
@@ -487,8 +492,8 @@ impl Encoder {
             }
             let mut e = b;
             while e < bpp && self.kinds[e] != Kind::Skip {
-                if !all_zero && self.kinds[e] != Kind::Zero {
-                    let h = self.hashes[e];
+                let h = self.hashes[e];
+                if !all_zero && h != 0 {
                     let s = self.slot(h);
                     self.index[s] = (h >> 32) << 32 | (first_blk + e as u64);
                 }

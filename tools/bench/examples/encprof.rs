@@ -19,6 +19,7 @@ fn main() {
     enc.encode_epoch(&b, d1.iter().copied(), &mut |_| {});
     enc.commit_epoch();
     let d2: Vec<u64> = (0..pages).filter(|&p| b[p * PAGE_SIZE..][..PAGE_SIZE] != c[p * PAGE_SIZE..][..PAGE_SIZE]).map(|p| p as u64).collect();
+    enc.take_stats();
     let mut out = 0usize;
     let t = Instant::now();
     for _ in 0..reps {
@@ -26,6 +27,7 @@ fn main() {
         enc.abort_epoch();
     }
     let s = t.elapsed().as_secs_f64();
+    println!("{:?}", enc.take_stats());
     let bytes = (d2.len() * PAGE_SIZE * reps) as f64;
     println!("{} dirty pages, {} B out/epoch, encode {:.3} GB/s", d2.len(), out / reps, bytes / s / 1e9);
     let mut buf = vec![0u8; d2.len() * PAGE_SIZE];
