@@ -250,10 +250,6 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, String> {
     }
 }
 
-fn zstd_compress(cctx: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> Vec<u8> {
-    cctx.compress(data).expect("zstd compress")
-}
-
 /// Runs the bench over `dir`; `out` receives each printed line (per epoch, then totals).
 pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Report, String> {
     let files = image_files(dir)?;
@@ -280,6 +276,21 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
     let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
 
     let mut prev = vec![0u8; size];
+    // Output buffers are reused across epochs and pre-faulted, for every method alike, so
+    // that timings measure the codecs rather than page faults of fresh allocations.
+    let prefault = |n: usize| -> Vec<u8> {
+        let mut v = vec![1u8; n];
+        v.clear();
+        v
+    };
+    let mut arena = prefault(size / 2);
+    let mut bounds: Vec<usize> = Vec::new();
+    let mut buf = prefault(size);
+    let mut gathered = prefault(size);
+    let mut z = prefault(zstd::zstd_safe::compress_bound(size));
+    let mut xb = prefault(size + size / 8);
+    let mut xz = prefault(zstd::zstd_safe::compress_bound(size + size / 8));
+    let mut back = prefault(size + size / 8);
     let mut report = Report { image_bytes: size, ..Report::default() };
     let mut cur = first;
     for (e, file) in files.iter().enumerate() {
@@ -299,34 +310,35 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         let mut f = Figures { epochs: 1, dirty_pages: dirty.len() as u64, remus: (dirty.len() * PAGE_SIZE) as u64, ..Figures::default() };
 
         // memcpy of the dirty pages.
-        let mut buf = vec![0u8; dirty.len() * PAGE_SIZE];
+        buf.clear();
         let t = Instant::now();
-        for (i, &p) in dirty.iter().enumerate() {
-            buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(&cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+        for &p in &dirty {
+            buf.extend_from_slice(&cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
         }
         black_box(&buf);
         f.memcpy_s = t.elapsed().as_secs_f64();
 
         // Baseline 1: zstd of the dirty pages (gathered, as Remus would copy them).
+        gathered.clear();
+        z.clear();
         let t = Instant::now();
-        let mut gathered = Vec::with_capacity(dirty.len() * PAGE_SIZE);
         for &p in &dirty {
             gathered.extend_from_slice(&cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
         }
-        let z = zstd_compress(&mut cctx, &gathered);
+        cctx.compress_to_buffer(&gathered[..], &mut z).map_err(|e| e.to_string())?;
         f.enc_s[1] = t.elapsed().as_secs_f64();
         f.zstd = z.len() as u64;
+        back.clear();
         let t = Instant::now();
-        let back = dctx.decompress(&z, gathered.len()).map_err(|e| e.to_string())?;
+        dctx.decompress_to_buffer(&z[..], &mut back).map_err(|e| e.to_string())?;
         f.dec_s[1] = t.elapsed().as_secs_f64();
         if back != gathered {
             return Err(format!("epoch {e}: zstd baseline round trip failed"));
         }
-        drop(back);
 
         // Baseline 2: XBZRLE-style delta against the previous version.
+        xb.clear();
         let t = Instant::now();
-        let mut xb = Vec::with_capacity(dirty.len() * 64);
         let mut tmp = Vec::with_capacity(2 * PAGE_SIZE);
         for &p in &dirty {
             let (o, n) = (&prev[p * PAGE_SIZE..(p + 1) * PAGE_SIZE], &cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
@@ -369,14 +381,16 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         }
 
         // Baseline 3: XBZRLE + zstd.
+        xz.clear();
         let t = Instant::now();
-        let xz = zstd_compress(&mut cctx, &xb);
+        cctx.compress_to_buffer(&xb[..], &mut xz).map_err(|e| e.to_string())?;
         f.enc_s[3] = f.enc_s[2] + t.elapsed().as_secs_f64();
         f.xbzrle_zstd = xz.len() as u64;
         let mut rebuilt = prev.clone();
+        back.clear();
         let t = Instant::now();
-        let xb2 = dctx.decompress(&xz, xb.len()).map_err(|e| e.to_string())?;
-        dec_xb(&mut rebuilt, &xb2)?;
+        dctx.decompress_to_buffer(&xz[..], &mut back).map_err(|e| e.to_string())?;
+        dec_xb(&mut rebuilt, &back)?;
         f.dec_s[3] = t.elapsed().as_secs_f64();
         if rebuilt != cur {
             return Err(format!("epoch {e}: xbzrle+zstd baseline round trip failed"));
@@ -384,12 +398,26 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         drop(rebuilt);
 
         // FGBI: encode.
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        // Chunks go to a reused arena (as a sender would hand them to the socket), so that the
+        // timing does not include fresh allocations.
+        arena.clear();
+        bounds.clear();
         let t = Instant::now();
-        enc.encode_epoch(&cur, dirty.iter().map(|&p| p as u64), &mut |c| chunks.push(c.to_vec()));
+        enc.encode_epoch(&cur, dirty.iter().map(|&p| p as u64), &mut |c| {
+            arena.extend_from_slice(c);
+            bounds.push(arena.len());
+        });
         f.enc_s[0] = t.elapsed().as_secs_f64();
         let st = enc.take_stats();
-        f.fgbi = chunks.iter().map(|c| c.len() as u64).sum();
+        f.fgbi = arena.len() as u64;
+        let chunks: Vec<&[u8]> = bounds
+            .iter()
+            .scan(0usize, |start, &end| {
+                let c = &arena[*start..end];
+                *start = end;
+                Some(c)
+            })
+            .collect();
         f.ref_blocks = st.blocks_ref;
         f.records = [st.zero_pages, st.raw_pages, st.ops_pages, st.zops_pages];
 
