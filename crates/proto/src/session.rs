@@ -170,7 +170,7 @@ impl<L: KeyLookup> Session<L> {
         let seq = self.send_seq;
         let allowed = match self.role {
             Role::Primary => kind.from_primary() && ((seq == 0) == (kind == Kind::Hello)),
-            Role::Appliance => kind.from_appliance() && (seq == 0 || kind != Kind::Welcome),
+            Role::Appliance => kind.from_appliance() && appliance_kind_fits(kind, seq),
         };
         if !allowed {
             return Err(ProtoError::UnexpectedKind(kind as u8));
@@ -271,11 +271,14 @@ impl<L: KeyLookup> Session<L> {
     /// Parses, checks and opens the next frame in the buffer; returns its kind and the range of
     /// its decrypted payload in `buf`.
     fn next_frame(&mut self) -> Result<Option<(Kind, core::ops::Range<usize>)>, ProtoError> {
-        if self.consumed > 0 {
+        // Compact lazily: only once the delivered prefix is at least half the buffer, so that
+        // many small frames in one large read cost linear time.
+        if self.consumed > 0 && self.consumed * 2 >= self.buf.len() {
             self.buf.drain(..self.consumed);
             self.consumed = 0;
         }
-        let Some(hb) = self.buf.get(..HEADER_LEN) else { return Ok(None) };
+        let base = self.consumed;
+        let Some(hb) = self.buf.get(base..base + HEADER_LEN) else { return Ok(None) };
         let mut hbytes = [0u8; HEADER_LEN];
         hbytes.copy_from_slice(hb);
         let h = Header::parse(&hbytes)?;
@@ -290,7 +293,7 @@ impl<L: KeyLookup> Session<L> {
         }
         let allowed = match self.role {
             Role::Appliance => h.kind.from_primary() && ((h.seq == 0) == (h.kind == Kind::Hello)),
-            Role::Primary => h.kind.from_appliance() && (h.seq == 0 || h.kind != Kind::Welcome),
+            Role::Primary => h.kind.from_appliance() && appliance_kind_fits(h.kind, h.seq),
         };
         if !allowed {
             return Err(ProtoError::UnexpectedKind(h.kind as u8));
@@ -301,6 +304,7 @@ impl<L: KeyLookup> Session<L> {
         let salt_len = if h.seq == 0 { SALT_LEN } else { 0 };
         let aad_len = HEADER_LEN + salt_len;
         let total = aad_len + h.sealed_len as usize;
+        let available = self.buf.len() - base;
 
         // Keys for this frame.
         let mut new_state: Option<(Key, Salt, Salt)> = None;
@@ -316,11 +320,11 @@ impl<L: KeyLookup> Session<L> {
                     self.key.clone().ok_or(ProtoError::NotReady)?
                 }
             };
-            if self.buf.len() < total {
+            if available < total {
                 return Ok(None);
             }
             let mut salt = [0u8; SALT_LEN];
-            salt.copy_from_slice(self.buf.get(HEADER_LEN..aad_len).ok_or(ProtoError::Truncated)?);
+            salt.copy_from_slice(self.buf.get(base + HEADER_LEN..base + aad_len).ok_or(ProtoError::Truncated)?);
             let k = match self.role {
                 Role::Appliance => {
                     let a = derive_appliance_salt(&key, &salt, &self.local_material);
@@ -337,13 +341,13 @@ impl<L: KeyLookup> Session<L> {
             };
             &*fresh_key.insert(k)
         } else {
-            if self.buf.len() < total {
+            if available < total {
                 return Ok(None);
             }
             self.recv_key.as_ref().ok_or(ProtoError::NotReady)?
         };
 
-        let frame = self.buf.get_mut(..total).ok_or(ProtoError::Truncated)?;
+        let frame = self.buf.get_mut(base..base + total).ok_or(ProtoError::Truncated)?;
         let (aad, rest) = frame.split_at_mut(aad_len);
         let (plain, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
         let mut t = [0u8; TAG_LEN];
@@ -370,7 +374,17 @@ impl<L: KeyLookup> Session<L> {
             self.appliance_salt = Some(asalt);
         }
         self.recv_seq += 1;
-        self.consumed = total;
-        Ok(Some((h.kind, aad_len..total - TAG_LEN)))
+        self.consumed = base + total;
+        Ok(Some((h.kind, base + aad_len..base + total - TAG_LEN)))
+    }
+}
+
+/// Whether the appliance may send `kind` as its frame number `seq`: its first frame is WELCOME,
+/// or ERROR/BYE when it refuses the HELLO; WELCOME never comes later.
+fn appliance_kind_fits(kind: Kind, seq: u64) -> bool {
+    if seq == 0 {
+        matches!(kind, Kind::Welcome | Kind::Error | Kind::Bye)
+    } else {
+        kind != Kind::Welcome
     }
 }

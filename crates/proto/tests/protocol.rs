@@ -369,6 +369,15 @@ fn wrong_direction_and_wrong_order_are_refused() {
     assert_eq!(p.seal(&epoch(1, b"")).unwrap_err(), ProtoError::UnexpectedKind(0x10));
     p.seal(&hello()).unwrap();
     assert_eq!(p.seal(&epoch(1, b"")).unwrap_err(), ProtoError::NotReady);
+    // The appliance's first frame is WELCOME (or ERROR/BYE), nothing else.
+    let mut p = Session::primary(VM, key(1), [1; 32]);
+    let mut a = Session::appliance(keys(), [1; 32]);
+    a.feed(&p.seal(&hello()).unwrap());
+    a.poll().unwrap().unwrap();
+    let hb = Message::Heartbeat(Heartbeat { time_ms: 0 });
+    assert_eq!(a.seal(&hb).unwrap_err(), ProtoError::UnexpectedKind(0x20));
+    a.seal(&welcome(None)).unwrap();
+    a.seal(&hb).unwrap();
     // An appliance cannot answer before HELLO.
     let mut a = Session::appliance(keys(), [1; 32]);
     assert_eq!(a.seal(&welcome(None)).unwrap_err(), ProtoError::NotReady);
