@@ -21,6 +21,8 @@ use resilire_boot::start_info::BootInfo;
 const NS_PER_S: u64 = 1_000_000_000;
 /// How often uptime and memory figures are refreshed in the status.
 const STATUS_PERIOD_NS: u64 = 5 * NS_PER_S;
+/// Delay before re-reading the configuration after a transient failure.
+const CONFIG_RETRY_NS: u64 = 2 * NS_PER_S;
 /// Attempts of a xenstore transaction before giving up on EAGAIN.
 const TX_ATTEMPTS: u32 = 8;
 /// The plain (non key) config entries read from xenstore.
@@ -94,6 +96,8 @@ struct App {
     cfg: Option<Config>,
     boot_to_ready_ms: Option<u64>,
     status_warned: bool,
+    /// When to read the configuration again after a transient xenstore failure.
+    config_retry_at: Option<u64>,
     /// Whether the effective-config status keys may exist (and must be
     /// removed when the configuration becomes invalid).
     effective_published: bool,
@@ -112,6 +116,7 @@ pub fn run(bi: &BootInfo) -> ! {
         cfg: None,
         boot_to_ready_ms: None,
         status_warned: false,
+        config_retry_at: None,
         // a new domain starts with an empty home path
         effective_published: false,
     };
@@ -145,8 +150,10 @@ pub fn run(bi: &BootInfo) -> ! {
                 app.stop(reason);
             }
         }
-        if reconfigure {
-            app.load_config();
+        if app.config_retry_at.is_some_and(|t| time::now_ns() >= t) {
+            reconfigure = true;
+        }
+        if reconfigure && app.load_config() {
             app.publish_status();
         }
         let now = time::now_ns();
@@ -154,7 +161,7 @@ pub fn run(bi: &BootInfo) -> ! {
             app.publish_periodic();
             next_status = now + STATUS_PERIOD_NS;
         }
-        events::wait(&[app.port], next_status);
+        events::wait(&[app.port], app.config_retry_at.map_or(next_status, |t| t.min(next_status)));
     }
 }
 
@@ -183,8 +190,17 @@ impl App {
         })
     }
 
-    fn load_config(&mut self) {
+    /// Reads and validates the configuration; returns whether the state was
+    /// updated (false after a transient xenstore failure, retried later).
+    fn load_config(&mut self) -> bool {
+        self.config_retry_at = None;
         let (state, reason, cfg) = match self.fetch_config() {
+            Err(e @ (XsError::Timeout | XsError::Transport(_) | XsError::Protocol(_))) => {
+                // Not a configuration problem: keep the current state.
+                warn!("config: xenstore failed while reading {CONFIG_DIR}, retrying in 2 s: {e}");
+                self.config_retry_at = Some(time::now_ns() + CONFIG_RETRY_NS);
+                return false;
+            }
             Err(e) => (State::Misconfigured, format!("cannot read {CONFIG_DIR}: {e}"), None),
             Ok((map, ids)) if map.is_empty() && ids.is_empty() => {
                 (State::Misconfigured, format!("no configuration under {CONFIG_DIR}"), None)
@@ -218,6 +234,7 @@ impl App {
         self.state = state;
         self.reason = reason;
         self.cfg = cfg;
+        true
     }
 
     fn publish_status(&mut self) {

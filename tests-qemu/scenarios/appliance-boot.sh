@@ -52,25 +52,27 @@ grep -q "keys.*(n0,r$D)" /tmp/perms.txt || { cat /tmp/perms.txt; fail "config ke
 
 # A malformed key is reported, the appliance stays up, and recovers.
 xenstore-write "$C/tcp-port" banana
-wait_for 10 "state misconfigured" state_is misconfigured
+wait_for 30 "state misconfigured" state_is misconfigured
 st reason | grep -q "tcp-port" || fail "reason does not name tcp-port: '$(st reason)'"
 show "malformed key reported: $(st reason)"
 [ -z "$(st tcp-port)" ] || fail "status still shows a tcp-port while misconfigured"
 xenstore-write "$C/tcp-port" 7781
-wait_for 10 "state ready again" state_is ready
+wait_for 30 "state ready again" state_is ready
 [ "$(st tcp-port)" = 7781 ] || fail "new tcp-port not applied: '$(st tcp-port)'"
 
 # A missing key as well; a budget beyond capacity too.
 xenstore-rm "$C/ipv4-prefix"
-wait_for 10 "state misconfigured (missing key)" state_is misconfigured
+wait_for 30 "state misconfigured (missing key)" state_is misconfigured
+st reason | grep -q "ipv4-prefix.*missing" || fail "reason does not name the missing ipv4-prefix: '$(st reason)'"
 show "missing key reported: $(st reason)"
 xenstore-write "$C/ipv4-prefix" 24
-wait_for 10 "state ready again" state_is ready
+wait_for 30 "state ready again" state_is ready
 xenstore-write "$C/memory-budget-mib" 4096
-wait_for 10 "state misconfigured (budget)" state_is misconfigured
+wait_for 30 "state misconfigured (budget)" state_is misconfigured
+st reason | grep -q "memory-budget-mib" || fail "reason does not name memory-budget-mib: '$(st reason)'"
 show "budget beyond capacity reported: $(st reason)"
 xenstore-write "$C/memory-budget-mib" 32
-wait_for 10 "state ready again" state_is ready
+wait_for 30 "state ready again" state_is ready
 
 # The uptime advances (periodic status refresh, Xen system time).
 u0=$(st uptime_s)

@@ -57,6 +57,14 @@ pub fn mask(port: u32) {
     }
 }
 
+/// True if `port` is pending (diagnostics).
+pub fn is_pending(port: u32) -> bool {
+    match shared_info() {
+        Some(si) => word(si, port, false).load(Ordering::SeqCst) & (1 << (port % 64)) != 0,
+        None => false,
+    }
+}
+
 /// Clears the pending bit of `port`.
 pub fn clear(port: u32) {
     if let Some(si) = shared_info() {

@@ -24,11 +24,25 @@ impl XsRing {
     /// `intf` must map the domain's xenstore page for the life of the value.
     pub unsafe fn new(intf: *mut XenstoreDomainInterface, port: u32) -> XsRing {
         events::mask(port);
-        XsRing { intf, port, timeout_ns: 10_000_000_000 }
+        XsRing { intf, port, timeout_ns: 30_000_000_000 }
     }
 
     fn wait_until(&self, deadline: u64) -> Result<(), XsError> {
         if time::now_ns() >= deadline {
+            // SAFETY: as in `send`: volatile reads of the shared indices.
+            let (rq_c, rq_p, rs_c, rs_p) = unsafe {
+                (
+                    read_volatile(addr_of!((*self.intf).req_cons)),
+                    read_volatile(addr_of!((*self.intf).req_prod)),
+                    read_volatile(addr_of!((*self.intf).rsp_cons)),
+                    read_volatile(addr_of!((*self.intf).rsp_prod)),
+                )
+            };
+            log::warn!(
+                "xenstore ring timed out: req cons/prod {rq_c}/{rq_p}, rsp cons/prod {rs_c}/{rs_p}, port {} pending {}",
+                self.port,
+                events::is_pending(self.port)
+            );
             return Err(XsError::Timeout);
         }
         events::wait(&[self.port], deadline);
