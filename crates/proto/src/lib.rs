@@ -18,6 +18,42 @@
 //!
 //! Any error returned by the session means "close this connection": the session is poisoned and
 //! keeps returning [`ProtoError::Poisoned`]. No input makes this crate panic.
+//!
+//! ```
+//! use resilire_proto::*;
+//! use std::collections::BTreeMap;
+//!
+//! let vm_key = Key([7; 32]);
+//! // Primary (dom0 shim): a fresh random salt per connection.
+//! let mut primary = Session::primary(42, vm_key.clone(), [0x11; 32]);
+//! let hello = primary.seal(&Message::Hello(Hello {
+//!     vm_uuid: [1; 16], name: "db", mem_pages: 1 << 18, block_size: 64, group_id: 0,
+//!     features: 0, codec_id: 1, codec_params: &[], xl_config: "name = \"db\"\n",
+//! })).unwrap();
+//!
+//! // Appliance: picks the key from the clear VM id; never-repeating local material.
+//! let mut keys = BTreeMap::new();
+//! keys.insert(42u64, vm_key);
+//! let mut appliance = Session::appliance(keys, [0x22; 32]);
+//! let (first, rest) = hello.split_at(10); // TCP may split anywhere
+//! appliance.feed(first);
+//! assert!(appliance.poll().unwrap().is_none());
+//! appliance.feed(rest);
+//! let Some(Message::Hello(h)) = appliance.poll().unwrap() else { panic!() };
+//! assert_eq!(h.name, "db");
+//! let welcome = appliance.seal(&Message::Welcome(Welcome {
+//!     committed_epoch: None, features: 0, max_chunk: MAX_CHUNK as u32,
+//! })).unwrap();
+//!
+//! primary.feed(&welcome);
+//! assert!(matches!(primary.poll().unwrap(), Some(Message::Welcome(_))));
+//! let frame = primary.seal(&Message::Epoch(EpochData { epoch: 1, chunk_index: 0, data: b"records" })).unwrap();
+//! appliance.feed(&frame);
+//! let Some(Message::Epoch(e)) = appliance.poll().unwrap() else { panic!() };
+//! assert_eq!(e.data, b"records"); // a slice of the decrypted frame, no copy
+//! appliance.feed(&frame); // replayed
+//! assert_eq!(appliance.poll().unwrap_err(), ProtoError::BadSequence { expected: 2, got: 1 });
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -38,7 +74,7 @@ pub use msg::{
     decode_payload, encode_payload, Ack, Bye, Commit, EpochData, ErrorCode, ErrorMsg, Heartbeat, Hello, Kind,
     Message, Read, ReadReply, Welcome,
 };
-pub use session::{KeyLookup, Role, Session};
+pub use session::{KeyLookup, Role, Session, SingleKey};
 
 /// Size of a guest page in bytes (x86: 4 KiB). READ and READ_REPLY count in these pages.
 pub const PAGE_SIZE: usize = 4096;

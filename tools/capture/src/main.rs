@@ -90,12 +90,33 @@ echo "RESILIRE-READY"
 while true; do redis-benchmark -s /tmp/redis.sock -t set,get,incr,lpush,hset -r 200000 -n 2000000 -d 100 -P 8 -c 8 -q; done
 "#;
 
+/// rustc (the host's pinned toolchain) compiling the regex-syntax crate from the host's cargo
+/// registry, over and over; run it with `--mem-mib 512` (rustc peaks near 300 MiB).
+const WL_RUSTC: &str = r#"set -e
+trap 'st=$?; [ $st = 0 ] || tail -n 20 /tmp/*.log; exit $st' EXIT
+export HOME=/tmp
+RUSTC=$(ls -d /root/.rustup/toolchains/*/bin/rustc | head -n 1)
+SRC=$(ls -d /root/.cargo/registry/src/*/regex-syntax-0.8.* | head -n 1)
+[ -x "$RUSTC" ] && [ -d "$SRC" ] || { echo "RESILIRE-FAILED no rustc or regex-syntax source"; exit 1; }
+mkdir -p /tmp/out
+( i=0; while true; do
+    "$RUSTC" --edition 2021 --crate-name regex_syntax --crate-type lib -C opt-level=1 \
+      --cfg 'feature="std"' --cfg 'feature="unicode-perl"' --cfg 'feature="unicode-case"' \
+      --cfg 'feature="unicode-gencat"' --cap-lints allow "$SRC/src/lib.rs" --out-dir /tmp/out >/tmp/rustc.log 2>&1
+    i=$((i+1)); echo "compile $i done"
+  done ) &
+sleep 2
+echo "RESILIRE-READY"
+wait
+"#;
+
 /// Returns the workload script for a workload name.
 fn workload_script(name: &str) -> Res<&'static str> {
     match name {
         "pgbench" => Ok(WL_PGBENCH),
         "redis" => Ok(WL_REDIS),
-        _ => Err(format!("unknown workload {name:?} (known: pgbench, redis)")),
+        "rustc" => Ok(WL_RUSTC),
+        _ => Err(format!("unknown workload {name:?} (known: pgbench, redis, rustc)")),
     }
 }
 
@@ -460,7 +481,7 @@ fn unpack(src: &Path, dst: &Path) -> Res<()> {
 
 /// Usage text.
 const USAGE: &str = "usage:
-  resilire-capture run --workload pgbench|redis --out DIR [--mem-mib 384] [--epochs 20]
+  resilire-capture run --workload pgbench|redis|rustc --out DIR [--mem-mib 384] [--epochs 20]
                        [--interval-ms 100] [--warmup-s 5] [--cpus 2] [--accel tcg|kvm]
   resilire-capture pack SRC DST [--first 0] [--epochs 6] [--window 8M] [--level 19]
   resilire-capture unpack SRC DST";
