@@ -56,11 +56,31 @@ fn apply(img: &mut [u8], m: &Mutation) {
     }
 }
 
-fn roundtrip(block_size: usize, epochs: &[Vec<Mutation>], small_index: bool) {
+#[derive(Debug, Clone, Copy)]
+struct Knobs {
+    small_index: bool,
+    small_chunks: bool,
+    batches: bool,
+    patch: bool,
+}
+
+fn knobs() -> impl Strategy<Value = Knobs> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d)| Knobs {
+        small_index: a,
+        small_chunks: b,
+        batches: c,
+        patch: d,
+    })
+}
+
+fn roundtrip(block_size: usize, epochs: &[Vec<Mutation>], k: Knobs) {
     let cfg = EncoderConfig {
         block_size,
-        index_slots_log2: if small_index { Some(3) } else { None },
-        max_chunk_len: 0, // clamped to the smallest legal value: many chunks
+        index_slots_log2: if k.small_index { Some(3) } else { None },
+        // 0 is raised to the smallest legal value: many chunks.
+        max_chunk_len: if k.small_chunks { 0 } else { resilire_codec::MAX_CHUNK_LEN },
+        batch_len: if k.batches { EncoderConfig::default().batch_len } else { 0 },
+        patch: k.patch,
         ..EncoderConfig::default()
     };
     let mut enc = Encoder::new(cfg, PAGES as u64).unwrap();
@@ -84,14 +104,14 @@ fn roundtrip(block_size: usize, epochs: &[Vec<Mutation>], small_index: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
     #[test]
     fn encode_decode_reproduces_images(
         epochs in prop::collection::vec(prop::collection::vec(mutation(), 0..12), 1..6),
-        small_index in any::<bool>(),
+        k in knobs(),
     ) {
         for shift in 5..=12 {
-            roundtrip(1 << shift, &epochs, small_index);
+            roundtrip(1 << shift, &epochs, k);
         }
     }
 }

@@ -13,6 +13,9 @@
 //!   uses), a varint length, raw page if the delta is larger (as QEMU's XBZRLE does);
 //! * `xbzrle+zstd`: that stream compressed with one zstd stream.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use resilire_codec::{zrle, Cursor, Decoder, Encoder, EncoderConfig, PAGE_SIZE};
 use resilire_store::{HeapFrames, Store};
 use std::fmt::Write as _;
@@ -33,6 +36,8 @@ pub struct Options {
     pub batch_len: usize,
     /// FGBI deltas as patches (new bytes) rather than XOR values.
     pub patch: bool,
+    /// zstd level of FGBI's batches, if different from `zstd_level`.
+    pub fgbi_level: Option<i32>,
 }
 
 impl Default for Options {
@@ -43,6 +48,7 @@ impl Default for Options {
             max_epochs: usize::MAX,
             batch_len: EncoderConfig::default().batch_len,
             patch: true,
+            fgbi_level: None,
         }
     }
 }
@@ -262,7 +268,7 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
     let pages = size / PAGE_SIZE;
     let cfg = EncoderConfig {
         block_size: opts.block_size,
-        zstd_level: opts.zstd_level,
+        zstd_level: opts.fgbi_level.unwrap_or(opts.zstd_level),
         batch_len: opts.batch_len,
         patch: opts.patch,
         ..EncoderConfig::default()
