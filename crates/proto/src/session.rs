@@ -72,6 +72,8 @@ pub struct Session<L: KeyLookup = SingleKey> {
     /// Bytes at the front of `buf` that belong to frames already returned.
     consumed: usize,
     poisoned: bool,
+    /// Whether the peer has proved it is live on this connection (see [`Session::peer_confirmed`]).
+    confirmed: bool,
 }
 
 impl Session<SingleKey> {
@@ -114,6 +116,7 @@ impl<L: KeyLookup> Session<L> {
             buf: Vec::new(),
             consumed: 0,
             poisoned: false,
+            confirmed: false,
         }
     }
 
@@ -130,6 +133,16 @@ impl<L: KeyLookup> Session<L> {
     /// Whether both salts are known, so that both directions use their session keys.
     pub fn is_established(&self) -> bool {
         self.appliance_salt.is_some() && !self.poisoned
+    }
+
+    /// Whether the peer has proved that it takes part in *this* connection, not a replay of an
+    /// older one: for the primary, once the appliance's first frame authenticated (it is sealed
+    /// with keys bound to the primary's fresh salt); for the appliance, once a frame after HELLO
+    /// authenticated (a replayed HELLO authenticates, but nothing after it can). An appliance
+    /// should not act on a HELLO (for example replace an older connection of the same VM) before
+    /// this is true; a primary sends a HEARTBEAT (or its first EPOCH) right after WELCOME.
+    pub fn peer_confirmed(&self) -> bool {
+        self.confirmed && !self.poisoned
     }
 
     /// Whether an error has closed this session.
@@ -372,6 +385,9 @@ impl<L: KeyLookup> Session<L> {
             self.key = Some(key);
             self.primary_salt = Some(ps);
             self.appliance_salt = Some(asalt);
+        }
+        if self.role == Role::Primary || h.seq > 0 {
+            self.confirmed = true;
         }
         self.recv_seq += 1;
         self.consumed = base + total;

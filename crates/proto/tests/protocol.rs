@@ -229,6 +229,16 @@ fn replayed_frame_is_refused() {
 }
 
 #[test]
+fn peers_are_confirmed_by_their_first_live_frame() {
+    let (mut p, mut a) = pair();
+    assert!(p.peer_confirmed());
+    assert!(!a.peer_confirmed());
+    a.feed(&p.seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap());
+    a.poll().unwrap().unwrap();
+    assert!(a.peer_confirmed());
+}
+
+#[test]
 fn reordered_frames_are_refused() {
     let (mut p, mut a) = pair();
     let f1 = p.seal(&epoch(1, b"one")).unwrap();
@@ -261,8 +271,10 @@ fn frames_from_an_older_connection_are_refused() {
     a.feed(&old_hello);
     a.poll().unwrap().unwrap();
     let _welcome = a.seal(&welcome(None)).unwrap();
+    assert!(!a.peer_confirmed(), "a HELLO alone does not confirm the primary");
     a.feed(&old_epoch);
     assert_eq!(a.poll().unwrap_err(), ProtoError::AuthFailed);
+    assert!(!a.peer_confirmed());
 
     // And an old appliance answer is refused by a primary with a new salt.
     let (_p, _a, _h, old_welcome) = pair_with(9, 3);
