@@ -5,12 +5,12 @@
 use crate::pv::xs_ring::XsRing;
 use crate::pv::{events, gnttab, logger, mm, time};
 use crate::println;
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use log::{debug, error, info, warn};
-use resilire_appliance::config::{self, Config, State, CONFIG_DIR, EFFECTIVE_KEYS, KEYS_DIR, STATUS_DIR};
+use resilire_appliance::config::{self, Config, State, CONFIG_DIR, STATUS_DIR};
+use resilire_appliance::control::{self, ShutdownRequest};
 use resilire_appliance::xenstore::{Client, NO_TX};
 use resilire_appliance::xs_wire::XsError;
 use resilire_appliance::VERSION;
@@ -23,11 +23,6 @@ const NS_PER_S: u64 = 1_000_000_000;
 const STATUS_PERIOD_NS: u64 = 5 * NS_PER_S;
 /// Delay before re-reading the configuration after a transient failure.
 const CONFIG_RETRY_NS: u64 = 2 * NS_PER_S;
-/// Attempts of a xenstore transaction before giving up on EAGAIN.
-const TX_ATTEMPTS: u32 = 8;
-/// The plain (non key) config entries read from xenstore.
-const CONFIG_KEYS: [&str; 6] =
-    ["ipv4-address", "ipv4-prefix", "ipv4-gateway", "tcp-port", "memory-budget-mib", "log-level"];
 
 fn shutdown_now(reason: u32) -> ! {
     loop {
@@ -123,7 +118,9 @@ pub fn run(bi: &BootInfo) -> ! {
     let domid = app.xs.read(NO_TX, "domid").unwrap_or_else(|e| panic!("xenstore: reading domid: {e}"));
     let home = app.xs.domain_path(domid.parse().unwrap_or(0)).unwrap_or_default();
     info!("xenstore: connected, domain {domid}, home {home}");
-    app.publish_status();
+    if let Err(e) = control::publish_booting(&mut app.xs, VERSION) {
+        error!("status: cannot write {STATUS_DIR}: {e}");
+    }
     if let Err(e) = app.xs.watch(CONFIG_DIR, "config") {
         error!("xenstore: cannot watch {CONFIG_DIR}: {e}");
     }
@@ -166,35 +163,11 @@ pub fn run(bi: &BootInfo) -> ! {
 }
 
 impl App {
-    /// Reads the whole config directory in one transaction.
-    fn fetch_config(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), XsError> {
-        self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
-            let mut map = BTreeMap::new();
-            for k in CONFIG_KEYS {
-                if let Some(v) = xs.read_opt(tx, &format!("{CONFIG_DIR}/{k}"))? {
-                    map.insert(k.to_string(), v);
-                }
-            }
-            let ids = match xs.directory(tx, &format!("{CONFIG_DIR}/{KEYS_DIR}")) {
-                Ok(ids) => ids,
-                Err(XsError::NoEntry) => Vec::new(),
-                Err(e) => return Err(e),
-            };
-            for id in &ids {
-                let k = format!("{KEYS_DIR}/{id}");
-                if let Some(v) = xs.read_opt(tx, &format!("{CONFIG_DIR}/{k}"))? {
-                    map.insert(k, v);
-                }
-            }
-            Ok((map, ids))
-        })
-    }
-
     /// Reads and validates the configuration; returns whether the state was
     /// updated (false after a transient xenstore failure, retried later).
     fn load_config(&mut self) -> bool {
         self.config_retry_at = None;
-        let (state, reason, cfg) = match self.fetch_config() {
+        let (state, reason, cfg) = match control::fetch_config(&mut self.xs) {
             Err(e @ (XsError::Timeout | XsError::Transport(_) | XsError::Protocol(_))) => {
                 // Not a configuration problem: keep the current state.
                 warn!("config: xenstore failed while reading {CONFIG_DIR}, retrying in 2 s: {e}");
@@ -202,15 +175,9 @@ impl App {
                 return false;
             }
             Err(e) => (State::Misconfigured, format!("cannot read {CONFIG_DIR}: {e}"), None),
-            Ok((map, ids)) if map.is_empty() && ids.is_empty() => {
-                (State::Misconfigured, format!("no configuration under {CONFIG_DIR}"), None)
-            }
-            Ok((map, ids)) => match config::parse(&|k| map.get(k).cloned(), &ids) {
-                Err(e) => (State::Misconfigured, e.to_string(), None),
-                Ok(cfg) => match config::check_budget(&cfg, mm::report().capacity_kib) {
-                    Err(e) => (State::Misconfigured, e.to_string(), None),
-                    Ok(()) => (State::Ready, String::new(), Some(cfg)),
-                },
+            Ok(raw) => match control::evaluate(&raw, mm::report().capacity_kib) {
+                Ok(cfg) => (State::Ready, String::new(), Some(cfg)),
+                Err(reason) => (State::Misconfigured, reason, None),
             },
         };
         if let Some(c) = &cfg {
@@ -238,7 +205,7 @@ impl App {
     }
 
     fn publish_status(&mut self) {
-        let entries = config::status_entries(
+        let mut entries = config::status_entries(
             self.state,
             &self.reason,
             VERSION,
@@ -247,22 +214,10 @@ impl App {
             self.cfg.as_ref(),
         );
         let has_cfg = self.cfg.is_some();
-        let remove_effective = !has_cfg && self.effective_published;
-        let ready_ms = self.boot_to_ready_ms;
-        let r = self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
-            for (k, v) in &entries {
-                xs.write(tx, &format!("{STATUS_DIR}/{k}"), v)?;
-            }
-            if remove_effective {
-                for k in EFFECTIVE_KEYS {
-                    xs.rm(tx, &format!("{STATUS_DIR}/{k}"))?;
-                }
-            }
-            if let Some(ms) = ready_ms {
-                xs.write(tx, &format!("{STATUS_DIR}/boot_to_ready_ms"), &format!("{ms}"))?;
-            }
-            Ok(())
-        });
+        if let Some(ms) = self.boot_to_ready_ms {
+            entries.push(("boot_to_ready_ms", format!("{ms}")));
+        }
+        let r = control::publish(&mut self.xs, &entries, !has_cfg && self.effective_published);
         if r.is_ok() {
             self.effective_published = has_cfg;
         }
@@ -279,33 +234,27 @@ impl App {
     fn publish_periodic(&mut self) {
         let m = mm::report();
         let up = time::uptime_ns() / NS_PER_S;
-        let _ = self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
-            xs.write(tx, &format!("{STATUS_DIR}/uptime_s"), &format!("{up}"))?;
-            xs.write(tx, &format!("{STATUS_DIR}/mem_used_kib"), &format!("{}", m.used_kib))?;
-            xs.write(tx, &format!("{STATUS_DIR}/capacity_kib"), &format!("{}", m.capacity_kib))
-        });
+        let entries = [
+            ("uptime_s", format!("{up}")),
+            ("mem_used_kib", format!("{}", m.used_kib)),
+            ("capacity_kib", format!("{}", m.capacity_kib)),
+        ];
+        if let Err(e) = control::publish(&mut self.xs, &entries, false) {
+            debug!("status refresh: {e}");
+        }
     }
 
     /// Reads and acknowledges control/shutdown; returns the SHUTDOWN_* reason
     /// if the toolstack asked for one the appliance honours.
     fn shutdown_request(&mut self) -> Option<u32> {
-        let r = self.xs.transaction(TX_ATTEMPTS, |xs, tx| {
-            let v = xs.read_opt(tx, "control/shutdown")?.unwrap_or_default();
-            if !v.is_empty() {
-                xs.write(tx, "control/shutdown", "")?;
+        match control::take_shutdown_request(&mut self.xs) {
+            Ok(None) => None,
+            Ok(Some(ShutdownRequest::Poweroff)) => Some(shutdown::POWEROFF),
+            Ok(Some(ShutdownRequest::Reboot)) => Some(shutdown::REBOOT),
+            Ok(Some(ShutdownRequest::Unsupported(what))) => {
+                warn!("control/shutdown: '{what}' is not supported yet, ignored");
+                None
             }
-            Ok(v)
-        });
-        match r {
-            Ok(v) => match v.as_str() {
-                "" => None,
-                "poweroff" | "halt" => Some(shutdown::POWEROFF),
-                "reboot" => Some(shutdown::REBOOT),
-                other => {
-                    warn!("control/shutdown: '{other}' is not supported yet, ignored");
-                    None
-                }
-            },
             Err(e) => {
                 error!("control/shutdown: {e}");
                 None

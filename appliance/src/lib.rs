@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod control;
 pub mod frames;
 pub mod ring;
 pub mod xenstore;
