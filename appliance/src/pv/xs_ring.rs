@@ -1,13 +1,18 @@
 //! The xenstore ring page as a [`Transport`] for the xenstore client.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::{fence, AtomicU32, Ordering};
 use resilire_appliance::ring;
 use resilire_appliance::xenstore::Transport;
 use resilire_appliance::xs_wire::XsError;
 use resilire_boot::abi::{XenstoreDomainInterface, XENSTORE_RING_SIZE};
 
 use super::{events, time};
+
+/// Silence after which the event channel is notified again.
+const KICK_AFTER_NS: u64 = 1_000_000_000;
+/// How many times that happened (for the log).
+static KICKS: AtomicU32 = AtomicU32::new(0);
 
 /// The domain's xenstore ring and its event channel.
 pub struct XsRing {
@@ -45,7 +50,19 @@ impl XsRing {
             );
             return Err(XsError::Timeout);
         }
-        events::wait(&[self.port], deadline);
+        // If a notification got lost on the way to xenstored (seen in the
+        // lab: the request sat unconsumed in the ring, no reply pending) the
+        // ring would stall until the timeout. Kicking the channel again after
+        // each second without news is harmless and unsticks it.
+        let slice_end = deadline.min(time::now_ns() + KICK_AFTER_NS);
+        events::wait(&[self.port], slice_end);
+        if !events::is_pending(self.port) && time::now_ns() >= slice_end && slice_end < deadline {
+            let kicks = KICKS.fetch_add(1, Ordering::Relaxed) + 1;
+            if kicks.is_power_of_two() {
+                log::warn!("xenstore: no news for 1 s, notifying xenstored again ({kicks} time(s) so far)");
+            }
+            events::notify(self.port);
+        }
         Ok(())
     }
 }
