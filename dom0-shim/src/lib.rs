@@ -4,3 +4,4 @@
 pub mod xen;
 pub mod xenstore;
 pub mod appliance;
+pub mod checkpoint;

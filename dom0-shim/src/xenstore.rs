@@ -34,6 +34,7 @@ extern "C" {
     fn xs_set_permissions(h: *mut xs_handle, t: u32, path: *const c_char, perms: *mut XsPermissions, num: c_uint) -> bool;
     fn xs_transaction_start(h: *mut xs_handle) -> u32;
     fn xs_transaction_end(h: *mut xs_handle, t: u32, abort: bool) -> bool;
+    fn xs_resume_domain(h: *mut xs_handle, domid: c_uint) -> bool;
     fn free(p: *mut c_void);
 }
 
@@ -167,6 +168,20 @@ impl Xenstore {
             }
         }
         bail!("xenstore transaction kept conflicting (EAGAIN 16 times)")
+    }
+}
+
+impl Xenstore {
+    /// Tells xenstored that a domain which shut down for a suspend runs
+    /// again. Without it xenstored keeps the domain marked as shut down and
+    /// never fires `@releaseDomain` for its next suspend, which is what
+    /// libxl (and so `xl save`, Remus) waits for.
+    pub fn resume_domain(&self, domid: u32) -> Result<()> {
+        // SAFETY: plain call.
+        if !unsafe { xs_resume_domain(self.h, domid) } {
+            bail!("xenstore resume of domain {domid}: {}", io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

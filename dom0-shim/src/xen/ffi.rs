@@ -89,3 +89,37 @@ extern "C" {
     pub fn xc__hypercall_buffer_alloc_pages(xch: *mut xc_interface, b: *mut xc_hypercall_buffer, nr_pages: c_int) -> *mut c_void;
     pub fn xc__hypercall_buffer_free_pages(xch: *mut xc_interface, b: *mut xc_hypercall_buffer, nr_pages: c_int);
 }
+
+/// Opaque `xenforeignmemory_handle`.
+#[repr(C)]
+pub struct xenforeignmemory_handle {
+    _private: [u8; 0],
+}
+
+pub const SHUTDOWN_SUSPEND: u32 = 2;
+
+#[link(name = "xenctrl")]
+extern "C" {
+    pub fn xc_domain_hvm_getcontext(xch: *mut xc_interface, domid: u32, buf: *mut u8, size: u32) -> c_int;
+    pub fn xc_hvm_param_get(xch: *mut xc_interface, domid: u32, param: u32, value: *mut u64) -> c_int;
+}
+
+#[link(name = "xenguest")]
+extern "C" {
+    pub fn xc_domain_resume(xch: *mut xc_interface, domid: u32, fast: c_int) -> c_int;
+}
+
+#[link(name = "xenforeignmemory")]
+extern "C" {
+    pub fn xenforeignmemory_open(logger: *mut c_void, flags: c_uint) -> *mut xenforeignmemory_handle;
+    pub fn xenforeignmemory_close(h: *mut xenforeignmemory_handle) -> c_int;
+    pub fn xenforeignmemory_map(
+        h: *mut xenforeignmemory_handle,
+        dom: u32,
+        prot: c_int,
+        pages: usize,
+        arr: *const c_ulong,
+        err: *mut c_int,
+    ) -> *mut c_void;
+    pub fn xenforeignmemory_unmap(h: *mut xenforeignmemory_handle, addr: *mut c_void, pages: usize) -> c_int;
+}

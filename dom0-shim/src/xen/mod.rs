@@ -2,6 +2,9 @@
 //! shim that holds `unsafe` for domain control.
 
 mod ffi;
+mod foreign;
+
+pub use foreign::{ForeignMemory, Mapping};
 
 use anyhow::{bail, Result};
 use std::io;
@@ -103,6 +106,52 @@ impl XenCtrl {
         }
         let bitmap = HypercallPages::alloc(self, pages.div_ceil(8).div_ceil(4096) as usize)?;
         Ok(LogDirty { xc: self, domid, pages, bitmap })
+    }
+}
+
+impl XenCtrl {
+    /// Resumes a domain that suspended itself. `fast` = suspend-cancel: the
+    /// guest sees its suspend hypercall return 1 and carries on where it was,
+    /// devices still connected (the checkpoint path).
+    pub fn resume(&self, domid: u32, fast: bool) -> Result<()> {
+        // SAFETY: plain call.
+        if unsafe { ffi::xc_domain_resume(self.xch, domid, i32::from(fast)) } < 0 {
+            bail!("resuming domain {domid}: {}", io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the domain has shut down for a suspend (its suspend point).
+    pub fn is_suspended(&self, domid: u32) -> Result<bool> {
+        Ok(self.domain(domid)?.shutdown == Some(ffi::SHUTDOWN_SUSPEND))
+    }
+
+    /// The HVM context blob (vCPU registers, LAPIC, timers...) of an
+    /// HVM/PVH domain, as a restore applies it.
+    pub fn hvm_context(&self, domid: u32) -> Result<Vec<u8>> {
+        // SAFETY: a null buffer asks for the size.
+        let size = unsafe { ffi::xc_domain_hvm_getcontext(self.xch, domid, std::ptr::null_mut(), 0) };
+        if size <= 0 {
+            bail!("sizing the HVM context of domain {domid}: {}", io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: buf has `size` writable bytes.
+        let n = unsafe { ffi::xc_domain_hvm_getcontext(self.xch, domid, buf.as_mut_ptr(), size as u32) };
+        if n < 0 {
+            bail!("reading the HVM context of domain {domid}: {}", io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    /// One HVM parameter (HVM_PARAM_* of `xen/hvm/params.h`).
+    pub fn hvm_param(&self, domid: u32, param: u32) -> Result<u64> {
+        let mut v = 0u64;
+        // SAFETY: v is a valid out-pointer.
+        if unsafe { ffi::xc_hvm_param_get(self.xch, domid, param, &mut v) } < 0 {
+            bail!("reading HVM param {param} of domain {domid}: {}", io::Error::last_os_error());
+        }
+        Ok(v)
     }
 }
 

@@ -29,8 +29,8 @@ pub struct HostSpec<'a> {
 
 /// Memory of a lab host and of its dom0, MiB: enough for dom0, the appliance
 /// and two small guests, no more (CI runs two of these on 2 cores).
-const HOST_MEM_MIB: u32 = 2048;
-const DOM0_MEM_MIB: u32 = 512;
+const HOST_MEM_MIB: u32 = 2560;
+const DOM0_MEM_MIB: u32 = 1024;
 
 /// A running host.
 pub struct Host {
