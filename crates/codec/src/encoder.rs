@@ -95,6 +95,13 @@ const EMPTY_SLOT: u64 = EMPTY as u64;
 const REF_MIN_DIFF: usize = 8;
 /// Below this op-stream length zstd is not tried.
 const ZSTD_MIN: usize = 48;
+/// A changed block with at least DENSE_NUM/DENSE_DEN of its bytes changed is sent literally
+/// (measured on real memory: sending half-changed blocks literally compresses worse than
+/// patching them, so only blocks changed in every byte qualify).
+const DENSE_NUM: usize = 1;
+const DENSE_DEN: usize = 1;
+/// Largest run of unchanged blocks a delta run swallows.
+const MERGE_GAP: usize = usize::MAX;
 /// Undo-log capacity kept across epochs.
 const UNDO_KEEP: usize = 64 << 20;
 /// Room kept in a chunk beyond records for a batch header.
@@ -105,6 +112,7 @@ enum Kind {
     Skip,
     Zero,
     Xor,
+    Lit,
     Ref(u64),
 }
 
@@ -180,6 +188,28 @@ fn compress(zc: &mut zstd::bulk::Compressor<'static>, src: &[u8], zout: &mut Vec
     match zc.compress_to_buffer(src, zout) {
         Ok(n) if n > 4 && zout[..4] == crate::ZSTD_MAGIC => Some(n - 4),
         _ => None,
+    }
+}
+
+/// Appends a delta op (PATCH or XOR) for the blocks `old` → `new`, or a LIT op if the delta
+/// would not be smaller; returns whether LIT was used.
+fn put_delta(ops: &mut Vec<u8>, old: &[u8], new: &[u8], bs: usize, patch: bool) -> bool {
+    let n = new.len() / bs;
+    let start = ops.len();
+    put_op(ops, if patch { op::PATCH } else { op::XOR }, n);
+    let body = ops.len();
+    if patch {
+        zrle::encode_patch(old, new, ops);
+    } else {
+        zrle::encode_xor(old, new, ops);
+    }
+    if ops.len() - body >= new.len() {
+        ops.truncate(start);
+        put_op(ops, op::LIT, n);
+        ops.extend_from_slice(new);
+        true
+    } else {
+        false
     }
 }
 
@@ -339,8 +369,13 @@ impl Encoder {
                 }
                 let o = &self.shadow[base + b * bs..base + (b + 1) * bs];
                 let n = &page[b * bs..(b + 1) * bs];
-                if diff_bytes(o, n) < REF_MIN_DIFF {
+                let d = diff_bytes(o, n);
+                if d < REF_MIN_DIFF {
                     continue;
+                }
+                if d * DENSE_DEN >= bs * DENSE_NUM {
+                    // Entirely new content: literal, unless a reference is found below.
+                    self.kinds[b] = Kind::Lit;
                 }
                 let h = xxh3_64(n) | 1;
                 self.hashes[b] = h;
@@ -377,6 +412,24 @@ impl Encoder {
                             e += 1;
                         }
                     }
+                    Kind::Xor => {
+                        // A delta run also swallows unchanged blocks up to the next delta block:
+                        // a longer zero run costs less than closing the op and opening another.
+                        loop {
+                            while e < bpp && self.kinds[e] == k {
+                                e += 1;
+                            }
+                            let mut f = e;
+                            while f < bpp && self.kinds[f] == Kind::Skip {
+                                f += 1;
+                            }
+                            if f < bpp && self.kinds[f] == Kind::Xor && f - e <= MERGE_GAP {
+                                e = f;
+                            } else {
+                                break;
+                            }
+                        }
+                    }
                     _ => {
                         while e < bpp && self.kinds[e] == k {
                             e += 1;
@@ -401,22 +454,34 @@ impl Encoder {
                         pred = Some(src + n as u64);
                         self.stats.blocks_ref += n as u64;
                     }
+                    Kind::Lit => {
+                        put_op(&mut self.ops, op::LIT, n);
+                        self.ops.extend_from_slice(&page[b * bs..e * bs]);
+                    }
                     Kind::Xor => {
                         let start = self.ops.len();
-                        put_op(&mut self.ops, op::XOR, n);
                         let o = &self.shadow[base + b * bs..base + e * bs];
                         let nw = &page[b * bs..e * bs];
-                        let body = self.ops.len();
-                        if self.cfg.patch {
-                            self.ops[start] = (self.ops[start] & 31) | op::PATCH << 5;
-                            zrle::encode_patch(o, nw, &mut self.ops);
-                        } else {
-                            zrle::encode_xor(o, nw, &mut self.ops);
-                        }
-                        if self.ops.len() - body >= n * bs {
+                        let lit = put_delta(&mut self.ops, o, nw, bs, self.cfg.patch);
+                        if lit && self.kinds[b..e].contains(&Kind::Skip) {
+                            // Mostly new content: literal blocks, but keep the unchanged
+                            // blocks of the run as skips.
                             self.ops.truncate(start);
-                            put_op(&mut self.ops, op::LIT, n);
-                            self.ops.extend_from_slice(nw);
+                            let mut i = b;
+                            while i < e {
+                                let mut j = i;
+                                let skip = self.kinds[i] == Kind::Skip;
+                                while j < e && (self.kinds[j] == Kind::Skip) == skip {
+                                    j += 1;
+                                }
+                                if skip {
+                                    put_op(&mut self.ops, op::SKIP, j - i);
+                                } else {
+                                    let o = &self.shadow[base + i * bs..base + j * bs];
+                                    put_delta(&mut self.ops, o, &page[i * bs..j * bs], bs, self.cfg.patch);
+                                }
+                                i = j;
+                            }
                         }
                     }
                 }
