@@ -1,4 +1,5 @@
-//! Brief fuzzing runs in the test command: every `*/fuzz/run-brief.sh` of
+//! Brief fuzzing runs in the test command: every `*/fuzz/run-brief.sh` (or
+//! `run.sh`) of
 //! the project's crates, with the nightly toolchain and cargo-fuzz that
 //! cargo fuzz needs (installed here when missing).
 
@@ -15,8 +16,8 @@ fn scripts(root: &Path) -> Result<Vec<PathBuf>> {
         let dir = root.join(parent);
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
         for e in rd.flatten() {
-            let s = e.path().join("fuzz/run-brief.sh");
-            if s.exists() {
+            // Each script takes the seconds to run as its first argument.
+            if let Some(s) = ["fuzz/run-brief.sh", "fuzz/run.sh"].iter().map(|n| e.path().join(n)).find(|p| p.exists()) {
                 out.push(s);
             }
         }
