@@ -28,6 +28,7 @@ show "$(grep 'interval 4' /tmp/dirty.txt)"
 show "dirty pages over 4 x 500 ms: $total"
 
 # The guest still verifies after the shim tracked it (log-dirty is off again).
+wait_for 30 "the guest to answer after tracking" workload_cmd $GUEST_IP counter
 reply=$(workload_cmd $GUEST_IP verify)
 case "$reply" in "verify ok"*) ;; *) fail "self-check after tracking: $reply" ;; esac
 xl destroy testvm
