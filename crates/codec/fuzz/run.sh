@@ -5,5 +5,7 @@ set -eu
 cd "$(dirname "$0")"
 secs="${1:-30}"
 mkdir -p corpus/decode
+# Seeds: real encoded epochs (cheap; regenerated each run).
+(cd .. && cargo run -q --example fuzz_seeds -- fuzz/corpus/decode)
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}" cargo +nightly fuzz run decode corpus/decode -- \
     -max_total_time="$secs" -max_len=65536

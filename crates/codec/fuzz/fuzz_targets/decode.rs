@@ -10,11 +10,17 @@ use resilire_store::{HeapFrames, Store};
 const PAGES: u64 = 8;
 
 fuzz_target!(|data: &[u8]| {
+    // Input: block-size selector, u16 length of the first chunk, the first chunk, the second
+    // chunk (the rest). Seeds made by `cargo run -p resilire-codec --example fuzz_seeds`.
     let Some((&sel, rest)) = data.split_first() else { return };
     let block_size = 32usize << (sel % 8);
     let mut dec = Decoder::new(block_size).expect("block size");
-    // Up to three chunks, split at 0xA5 bytes, to exercise state across chunks.
-    let chunks: Vec<&[u8]> = rest.split(|&b| b == 0xA5).take(3).collect();
+    let (first_len, rest) = match rest {
+        [a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), rest),
+        _ => (rest.len(), rest),
+    };
+    let (c1, c2) = rest.split_at(first_len.min(rest.len()));
+    let chunks = [c1, c2];
 
     let mut flat = FlatImage::zeroed(PAGES as usize);
     for c in &chunks {
