@@ -232,13 +232,29 @@ pub mod zrle {
 
     fn encode(old: &[u8], new: &[u8], out: &mut Vec<u8>, xor: bool) {
         let n = old.len().min(new.len());
+        encode_bytes(&old[..n], &new[..n], out, xor)
+    }
+
+    #[inline]
+    fn put_pair(out: &mut Vec<u8>, old: &[u8], new: &[u8], zs: usize, ls: usize, i: usize, xor: bool) {
+        varint::put(out, (ls - zs) as u64);
+        varint::put(out, (i - ls) as u64);
+        if xor {
+            out.extend(old[ls..i].iter().zip(&new[ls..i]).map(|(a, b)| a ^ b));
+        } else {
+            out.extend_from_slice(&new[ls..i]);
+        }
+    }
+
+    /// Zero runs are found 8 bytes at a time, literal runs byte by byte (measured faster than
+    /// a bitmap of equal bytes on real memory, where literal runs are short).
+    fn encode_bytes(old: &[u8], new: &[u8], out: &mut Vec<u8>, xor: bool) {
+        let n = old.len();
         let mut i = 0;
         while i < n {
             let zs = i;
             i += equal_prefix(&old[i..n], &new[i..n]);
             let ls = i;
-            // Literal run: stop at a gap of 3 or more equal bytes (a shorter gap costs less
-            // inside the literal than a new pair), or at the end.
             while i < n {
                 if old[i] != new[i] {
                     i += 1;
@@ -250,15 +266,8 @@ pub mod zrle {
                 }
                 i += g;
             }
-            varint::put(out, (ls - zs) as u64);
-            varint::put(out, (i - ls) as u64);
-            if xor {
-                out.extend(old[ls..i].iter().zip(&new[ls..i]).map(|(a, b)| a ^ b));
-            } else {
-                out.extend_from_slice(&new[ls..i]);
-            }
+            put_pair(out, old, new, zs, ls, i, xor);
             if ls == i {
-                // Only trailing zeros were left.
                 break;
             }
         }

@@ -163,3 +163,29 @@ fn decoder_rejects_garbage_without_panicking() {
         let _ = dec.apply_chunk(&mut img, &buf);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn zero_run_coding_round_trips(
+        old in prop::collection::vec(any::<u8>(), 0..5000),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 1..12usize), 0..60),
+    ) {
+        let mut new = old.clone();
+        for (at, b, len) in &edits {
+            if new.is_empty() { break; }
+            let s = at.index(new.len());
+            let e = (s + len).min(new.len());
+            new[s..e].fill(*b);
+        }
+        for xor in [false, true] {
+            let mut out = Vec::new();
+            if xor { resilire_codec::zrle::encode_xor(&old, &new, &mut out) } else { resilire_codec::zrle::encode_patch(&old, &new, &mut out) }
+            let mut back = old.clone();
+            let mut cur = resilire_codec::Cursor::new(&out);
+            if xor { resilire_codec::zrle::apply_xor(&mut cur, &mut back).unwrap() } else { resilire_codec::zrle::apply_patch(&mut cur, &mut back).unwrap() }
+            prop_assert!(cur.is_empty());
+            prop_assert!(back == new);
+        }
+    }
+}
