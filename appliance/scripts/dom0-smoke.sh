@@ -5,9 +5,11 @@
 #     deadline, grants) must print "RESILIRE-SMOKE: PASS";
 #  2. with "resilire.test=panic" on the command line, the panic handler must
 #     report on the console and Xen must see the domain crash.
-# Usage: appliance/scripts/dom0-smoke.sh [appliance ELF]
+# Usage: [DOM0_MEM=1200M QEMU_MEM=2048] appliance/scripts/dom0-smoke.sh [appliance ELF]
 # Needs qemu-system-x86 and xen-hypervisor-4.17-amd64. Exit 0 = both passed.
 set -u
+DOM0_MEM=${DOM0_MEM:-128M}
+QEMU_MEM=${QEMU_MEM:-512}
 ELF=${1:-${CARGO_TARGET_DIR:-target}/x86_64-unknown-none/release/resilire-appliance}
 [ -f "$ELF" ] || { echo "no appliance ELF at $ELF" >&2; exit 2; }
 WORK=$(mktemp -d)
@@ -17,8 +19,8 @@ zcat /boot/xen-4.17-amd64.gz > "$WORK/xen.elf"
 # boot <log> <dom0 command line extra> <marker>: runs QEMU until the marker
 # shows in the serial log (or 120 s), then stops it.
 boot() {
-    qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt -m 512 -smp 1 -nographic -no-reboot \
-        -kernel "$WORK/xen.elf" -append "loglvl=all guest_loglvl=all console=com1 noreboot dom0_mem=128M" \
+    qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt -m "$QEMU_MEM" -smp 1 -nographic -no-reboot \
+        -kernel "$WORK/xen.elf" -append "loglvl=all guest_loglvl=all console=com1 noreboot dom0_mem=$DOM0_MEM" \
         -initrd "$ELF $2" -monitor none -serial "file:$1" >/dev/null 2>&1 &
     qpid=$!
     n=0

@@ -39,22 +39,36 @@ pub fn dom0_smoke() -> ! {
     let sum: u64 = v.iter().sum();
     ok &= sum == 131_072 * 131_071 / 2;
     drop(v);
-    // frames: take every free frame, write to it, give it back
+    // frames: take every free frame, fill it, and chain it to the previous
+    // one through its first word (no heap needed for any memory size); then
+    // walk the chain, check the pattern and give every frame back
     let before = mm::report();
-    let mut frames = Vec::new();
+    let mut last: Option<mm::Frame> = None;
+    let mut n = 0u64;
     while let Some(f) = mm::alloc_frame() {
+        let prev = last.map_or(u64::MAX, |p| p.pfn);
         // SAFETY: the frame is mapped writable and ours until freed.
-        unsafe { core::ptr::write_bytes(f.va, 0xa5, 4096) };
-        frames.push(f);
+        unsafe {
+            core::ptr::write_bytes(f.va, 0xa5, 4096);
+            (f.va as *mut u64).write(prev);
+        }
+        last = Some(f);
+        n += 1;
     }
-    let n = frames.len();
-    // SAFETY: as above, read back the last frame.
-    ok &= frames.last().map(|f| unsafe { *f.va.add(4095) } == 0xa5).unwrap_or(false);
-    for f in frames {
+    let mut freed = 0u64;
+    let mut intact = true;
+    while let Some(f) = last {
+        // SAFETY: every frame of the chain is still allocated and mapped.
+        let prev = unsafe {
+            intact &= *f.va.add(8) == 0xa5 && *f.va.add(4095) == 0xa5;
+            (f.va as *const u64).read()
+        };
         mm::free_frame(f);
+        freed += 1;
+        last = (prev != u64::MAX).then(|| mm::Frame { pfn: prev, mfn: 0, va: (prev << 12) as *mut u8 });
     }
-    ok &= mm::report().capacity_kib == before.capacity_kib;
-    info!("frames: allocated, wrote and freed all {n} free frames ({} KiB)", n * 4);
+    ok &= intact && freed == n && mm::report().capacity_kib == before.capacity_kib;
+    info!("frames: allocated, wrote, checked and freed all {n} free frames ({} KiB), intact: {intact}", n * 4);
     // time and SCHEDOP_poll with a deadline
     let t0 = time::now_ns();
     time::sleep_ns(200_000_000);
