@@ -38,6 +38,8 @@ pub struct Options {
     pub patch: bool,
     /// zstd level of FGBI's batches, if different from `zstd_level`.
     pub fgbi_level: Option<i32>,
+    /// log2 of FGBI's content-index slots (default: the encoder's choice).
+    pub index_log2: Option<u32>,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             batch_len: EncoderConfig::default().batch_len,
             patch: true,
             fgbi_level: None,
+            index_log2: None,
         }
     }
 }
@@ -271,6 +274,7 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         zstd_level: opts.fgbi_level.unwrap_or(opts.zstd_level),
         batch_len: opts.batch_len,
         patch: opts.patch,
+        index_slots_log2: opts.index_log2,
         ..EncoderConfig::default()
     };
     let mut enc = Encoder::new(cfg, pages as u64).map_err(|e| e.to_string())?;

@@ -1,4 +1,4 @@
-//! `resilire-bench <dir> [--block-size N] [--zstd-level L] [--epochs N] [--batch-len N] [--xor] [--fgbi-level L]`
+//! `resilire-bench <dir> [--block-size N] [--zstd-level L] [--epochs N] [--batch-len N] [--xor] [--fgbi-level L] [--index-log2 N]`
 //!
 //! Replays the raw memory images of `<dir>` (equal sizes, sorted by name, one per epoch; `.zst`
 //! files are decompressed) through FGBI and three baselines, checks each decoded image byte for
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: resilire-bench <dir> [--block-size N] [--zstd-level L] [--epochs N] [--batch-len N] [--xor] [--fgbi-level L]");
+    eprintln!("usage: resilire-bench <dir> [--block-size N] [--zstd-level L] [--epochs N] [--batch-len N] [--xor] [--fgbi-level L] [--index-log2 N]");
     ExitCode::from(2)
 }
 
@@ -43,6 +43,10 @@ fn main() -> ExitCode {
                 None => return usage(),
             },
             "--xor" => opts.patch = false,
+            "--index-log2" => match num("--index-log2") {
+                Some(v) => opts.index_log2 = Some(v as u32),
+                None => return usage(),
+            },
             "--fgbi-level" => match num("--fgbi-level") {
                 Some(v) => opts.fgbi_level = Some(v as i32),
                 None => return usage(),
