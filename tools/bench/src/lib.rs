@@ -231,7 +231,8 @@ pub struct Report {
     pub store_used: usize,
 }
 
-/// Image files of `dir`, sorted by name (`.zst` files are decompressed when read).
+/// Image files of `dir`, sorted by name (`.zst` files are decompressed when read, `.xor.zst`
+/// files are XOR deltas against the previous image).
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
@@ -249,14 +250,31 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Reads one image (decompressing `.zst`).
-pub fn read_image(path: &Path) -> Result<Vec<u8>, String> {
+/// Reads one image: raw, `.zst` (decompressed), or `.xor.zst` (a packed set from
+/// `resilire-capture pack`: the XOR of this image with `prev`, zstd-compressed).
+pub fn read_image_after(path: &Path, prev: Option<&[u8]>) -> Result<Vec<u8>, String> {
     let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "zst") {
-        zstd::stream::decode_all(&raw[..]).map_err(|e| format!("{}: {e}", path.display()))
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let mut img = if name.ends_with(".zst") {
+        zstd::stream::decode_all(&raw[..]).map_err(|e| format!("{}: {e}", path.display()))?
     } else {
-        Ok(raw)
+        raw
+    };
+    if name.ends_with(".xor.zst") {
+        let prev = prev.ok_or_else(|| format!("{}: an XOR image needs a previous image", path.display()))?;
+        if prev.len() != img.len() {
+            return Err(format!("{}: size differs from the previous image", path.display()));
+        }
+        for (a, b) in img.iter_mut().zip(prev) {
+            *a ^= b;
+        }
     }
+    Ok(img)
+}
+
+/// Reads one stand-alone image (raw or `.zst`).
+pub fn read_image(path: &Path) -> Result<Vec<u8>, String> {
+    read_image_after(path, None)
 }
 
 /// Runs the bench over `dir`; `out` receives each printed line (per epoch, then totals).
@@ -305,7 +323,7 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
     let mut cur = first;
     for (e, file) in files.iter().enumerate() {
         if e > 0 {
-            cur = read_image(file)?;
+            cur = read_image_after(file, Some(&prev))?;
         }
         if cur.len() != size {
             return Err(format!("{}: size {} differs from {size}", file.display(), cur.len()));

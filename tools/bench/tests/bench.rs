@@ -1,6 +1,6 @@
 //! Runs the bench logic on a small generated image sequence, and on every captured set found in
-//! the repository (directories of at least two `*.img` / `*.img.zst` / `*.raw` files under
-//! tools/capture or tests-qemu).
+//! the repository (directories of at least two `*.img`, `*.raw`, `*.raw.zst` or `*.xor.zst`
+//! files under tools/capture or tests-qemu, e.g. the packed sets of tools/capture/data).
 
 use resilire_bench::{run, Options};
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ fn captured_sets(root: &Path, out: &mut Vec<PathBuf>) {
             captured_sets(&p, out);
         } else {
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if n.ends_with(".img") || n.ends_with(".img.zst") || n.ends_with(".raw") || n.ends_with(".raw.zst") {
+            if [".img", ".img.zst", ".raw", ".raw.zst", ".xor.zst"].iter().any(|s| n.ends_with(s)) {
                 images += 1;
             }
         }
