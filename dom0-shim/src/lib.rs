@@ -5,3 +5,4 @@ pub mod xen;
 pub mod xenstore;
 pub mod appliance;
 pub mod checkpoint;
+pub mod ship;

@@ -1,0 +1,211 @@
+//! Shipping epochs to a backup appliance: the primary's end of the wire
+//! protocol (crates/proto) carrying FGBI-encoded epochs (crates/codec).
+//!
+//! One `Shipper` per protected VM and connection. An epoch is encoded and
+//! sent in chunks, then COMMIT; the encoder's epoch is committed only when
+//! the appliance ACKs it, and rolled back if the connection dies first, so
+//! the encoder's shadow always equals what the appliance holds committed.
+
+use anyhow::{bail, Context, Result};
+use resilire_codec::{Encoder, EncoderConfig};
+use resilire_proto::{
+    Commit, EpochData, ErrorCode, Hello, Key, Message, Read, Session, SingleKey, Welcome, PAGE_SIZE,
+};
+use std::io::{Read as _, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Who the protected VM is, as the HELLO tells the appliance.
+pub struct VmIdentity {
+    /// The numeric id the appliance knows the VM's key by.
+    pub vm_id: u64,
+    /// The VM's UUID.
+    pub uuid: [u8; 16],
+    /// Its name.
+    pub name: String,
+    /// Pages of the image shipped (dense: index 0..pages).
+    pub pages: u64,
+    /// The domain's xl configuration, to recreate it at failover.
+    pub xl_config: String,
+}
+
+/// Figures of one shipped epoch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpochStats {
+    /// Pages offered as dirty.
+    pub dirty: u64,
+    /// Bytes of codec output.
+    pub encoded: u64,
+    /// Bytes put on the wire (frames, including headers and tags).
+    pub wire: u64,
+    /// Number of EPOCH chunks.
+    pub chunks: u32,
+}
+
+/// A connection to an appliance for one VM.
+pub struct Shipper {
+    stream: TcpStream,
+    session: Session<SingleKey>,
+    encoder: Encoder,
+    /// Epoch number of the next epoch sent.
+    next_epoch: u64,
+    /// What WELCOME said.
+    pub welcome: Welcome,
+}
+
+fn random_salt() -> Result<[u8; 32]> {
+    let mut salt = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
+    Ok(salt)
+}
+
+impl Shipper {
+    /// Connects, says HELLO and waits for WELCOME. A fresh shipper holds no
+    /// shadow: its first epoch carries every page (a fresh synchronisation),
+    /// numbered after the appliance's last committed epoch.
+    pub fn connect(addr: &str, vm: &VmIdentity, key: [u8; 32], block_size: usize, timeout: Duration) -> Result<Self> {
+        let sock = addr
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| format!("backup address {addr} is not ip:port"))?;
+        let stream = TcpStream::connect_timeout(&sock, timeout).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        let cfg = EncoderConfig { block_size, ..EncoderConfig::default() };
+        let encoder = Encoder::new(cfg, vm.pages).map_err(|e| anyhow::anyhow!("block size {}: not allowed", e.0))?;
+        let mut session = Session::primary(vm.vm_id, Key(key), random_salt()?);
+        let hello = Message::Hello(Hello {
+            vm_uuid: vm.uuid,
+            name: &vm.name,
+            mem_pages: vm.pages,
+            block_size: block_size as u32,
+            group_id: 0,
+            features: 0,
+            codec_id: 1,
+            codec_params: &[],
+            xl_config: &vm.xl_config,
+        });
+        let frame = session.seal(&hello).map_err(|e| anyhow::anyhow!("sealing HELLO: {e:?}"))?;
+        let mut sh = Shipper {
+            stream,
+            session,
+            encoder,
+            next_epoch: 1,
+            welcome: Welcome { committed_epoch: None, features: 0, max_chunk: 0 },
+        };
+        sh.stream.write_all(&frame)?;
+        let welcome = sh.receive(|m| match m {
+            Message::Welcome(w) => Ok(Some(*w)),
+            other => bail!("expected WELCOME, got {:?}", other.kind()),
+        })?;
+        sh.next_epoch = welcome.committed_epoch.map_or(1, |e| e + 1);
+        sh.welcome = welcome;
+        Ok(sh)
+    }
+
+    /// Waits for messages until `f` returns Some; ERROR and BYE end it.
+    fn receive<T>(&mut self, mut f: impl FnMut(&Message<'_>) -> Result<Option<T>>) -> Result<T> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(m) = self.session.poll().map_err(|e| anyhow::anyhow!("from the appliance: {e:?}"))? {
+                match &m {
+                    Message::Error(e) => bail!("appliance refused: {} (code {})", e.reason, e.code.0),
+                    Message::Bye(b) => bail!("appliance said BYE (code {})", b.code.0),
+                    Message::Heartbeat(_) => continue,
+                    _ => {}
+                }
+                if let Some(v) = f(&m)? {
+                    return Ok(v);
+                }
+            }
+            let n = self.stream.read(&mut buf).context("reading from the appliance")?;
+            if n == 0 {
+                bail!("the appliance closed the connection");
+            }
+            self.session.feed(&buf[..n]);
+        }
+    }
+
+    fn send(&mut self, m: &Message<'_>, wire: &mut u64) -> Result<()> {
+        let frame = self.session.seal(m).map_err(|e| anyhow::anyhow!("sealing {:?}: {e:?}", m.kind()))?;
+        *wire += frame.len() as u64;
+        self.stream.write_all(&frame).context("sending to the appliance")
+    }
+
+    /// The epoch number the next [`Shipper::send_epoch`] uses.
+    pub fn next_epoch(&self) -> u64 {
+        self.next_epoch
+    }
+
+    /// Encodes and sends one epoch: the pages `dirty` (dense indices,
+    /// ascending) of `image`, then COMMIT. Does not wait for the ACK.
+    pub fn send_epoch(&mut self, image: &[u8], dirty: &[u64]) -> Result<EpochStats> {
+        let epoch = self.next_epoch;
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        self.encoder.encode_epoch(image, dirty.iter().copied(), &mut |c: &[u8]| chunks.push(c.to_vec()));
+        let mut st = EpochStats { dirty: dirty.len() as u64, ..EpochStats::default() };
+        for (i, c) in chunks.iter().enumerate() {
+            st.encoded += c.len() as u64;
+            let m = Message::Epoch(EpochData { epoch, chunk_index: i as u32, data: c });
+            let mut wire = 0;
+            let r = self.send(&m, &mut wire);
+            st.wire += wire;
+            if let Err(e) = r {
+                self.encoder.abort_epoch();
+                return Err(e);
+            }
+        }
+        st.chunks = chunks.len() as u32;
+        let commit = Message::Commit(Commit { epoch, chunks: st.chunks, pages: st.dirty, digest: [0; 32] });
+        let mut wire = 0;
+        if let Err(e) = self.send(&commit, &mut wire) {
+            self.encoder.abort_epoch();
+            return Err(e);
+        }
+        st.wire += wire;
+        Ok(st)
+    }
+
+    /// Waits for the ACK of the epoch last sent; then the encoder commits it.
+    pub fn wait_ack(&mut self) -> Result<Duration> {
+        let epoch = self.next_epoch;
+        let t0 = Instant::now();
+        let r = self.receive(|m| match m {
+            Message::Ack(a) if a.epoch == epoch => Ok(Some(())),
+            Message::Ack(a) => bail!("ACK for epoch {} while waiting for {epoch}", a.epoch),
+            other => bail!("expected ACK, got {:?}", other.kind()),
+        });
+        match r {
+            Ok(()) => {
+                self.encoder.commit_epoch();
+                self.next_epoch += 1;
+                Ok(t0.elapsed())
+            }
+            Err(e) => {
+                self.encoder.abort_epoch();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads committed pages back from the appliance.
+    pub fn read_pages(&mut self, first_pfn: u64, count: u32) -> Result<Vec<u8>> {
+        let request_id = (first_pfn as u32) ^ count;
+        let mut wire = 0;
+        self.send(&Message::Read(Read { request_id, first_pfn, count }), &mut wire)?;
+        self.receive(|m| match m {
+            Message::ReadReply(r) if r.request_id == request_id => {
+                if r.data.len() != count as usize * PAGE_SIZE {
+                    bail!("READ_REPLY with {} bytes for {count} pages", r.data.len());
+                }
+                Ok(Some(r.data.to_vec()))
+            }
+            other => bail!("expected READ_REPLY, got {:?}", other.kind()),
+        })
+    }
+
+    /// Says BYE (orderly end).
+    pub fn close(mut self) -> Result<()> {
+        let mut wire = 0;
+        self.send(&Message::Bye(resilire_proto::Bye { code: ErrorCode::NONE }), &mut wire)
+    }
+}
