@@ -8,6 +8,7 @@ use resilire_boot::abi::VcpuTimeInfo;
 use super::events;
 
 static BOOT_NS: AtomicU64 = AtomicU64::new(0);
+static LAST_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Current Xen system time in ns (0 before shared_info is mapped).
 pub fn now_ns() -> u64 {
@@ -37,7 +38,10 @@ pub fn now_ns() -> u64 {
     } else {
         delta >>= (-t.tsc_shift) as u32;
     }
-    t.system_time.wrapping_add(((delta as u128 * t.tsc_to_system_mul as u128) >> 32) as u64)
+    let ns = t.system_time.wrapping_add(((delta as u128 * t.tsc_to_system_mul as u128) >> 32) as u64);
+    // Extrapolating from an older record can land slightly ahead of the next
+    // record's value; never let the clock go backwards.
+    LAST_NS.fetch_max(ns, Ordering::Relaxed).max(ns)
 }
 
 /// Records "now" as the appliance's boot time.
