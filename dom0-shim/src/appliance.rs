@@ -4,6 +4,7 @@
 //! owned by dom0 and readable by the appliance only; the appliance reports
 //! under `.../resilire/status/`.
 
+use crate::xen::ForeignMemory;
 use crate::xenstore::Xenstore;
 use anyhow::{bail, Context, Result};
 use std::process::Command;
@@ -127,8 +128,70 @@ pub fn stop(name: &str, wait: Duration) -> Result<()> {
     bail!("appliance {name} ignored the shutdown request for {wait:?}; destroyed")
 }
 
+/// A VM's committed image as read out of the appliance.
+pub struct CommittedImage {
+    /// The epoch it holds.
+    pub epoch: u64,
+    /// The pages, in pfn order.
+    pub bytes: Vec<u8>,
+}
+
+/// Frame numbers of a page directory, as the appliance publishes them in
+/// xenstore: decimal or 0x-hex, separated by commas or spaces.
+pub fn parse_frame_list(text: &str) -> Result<Vec<u64>> {
+    text.split([',', ' ', '\n'])
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16),
+            None => s.parse(),
+        }
+        .with_context(|| format!("bad frame number {s:?} in the page directory")))
+        .collect()
+}
+
+/// Reads VM `vm`'s committed image out of appliance domain `app` by mapping
+/// the frames its published page directory lists (each directory frame: 512
+/// little-endian machine frame numbers, in pfn order). The appliance is a PV
+/// domain, so its frames are mapped by machine frame number; only a
+/// privileged domain (dom0) can do this.
+pub fn read_committed_image(xs: &Xenstore, fm: &ForeignMemory, app: u32, vm: &str) -> Result<CommittedImage> {
+    let base = format!("/local/domain/{app}/resilire/status/vms/{vm}");
+    let get = |k: &str| -> Result<String> {
+        xs.read(&format!("{base}/{k}"))?.with_context(|| format!("appliance publishes no {base}/{k}"))
+    };
+    let pages: usize = get("pages")?.trim().parse().context("pages")?;
+    let epoch: u64 = get("committed_epoch")?.trim().parse().context("committed_epoch")?;
+    let dir_frames = parse_frame_list(&get("pagedir")?)?;
+    if dir_frames.len() != pages.div_ceil(512) {
+        bail!("page directory has {} frames for {pages} pages", dir_frames.len());
+    }
+    let dir = fm.map(app, &dir_frames)?;
+    let mut frames = Vec::with_capacity(pages);
+    for i in 0..dir_frames.len() {
+        let page = dir.page(i).with_context(|| format!("directory frame {:#x} does not map", dir_frames[i]))?;
+        for e in page.chunks_exact(8).take(pages - frames.len()) {
+            frames.push(u64::from_le_bytes(e.try_into().expect("8 bytes")));
+        }
+    }
+    drop(dir);
+    let mut bytes = Vec::with_capacity(pages * 4096);
+    for batch in frames.chunks(1024) {
+        let m = fm.map(app, batch)?;
+        for (i, f) in batch.iter().enumerate() {
+            bytes.extend_from_slice(m.page(i).with_context(|| format!("image frame {f:#x} does not map"))?);
+        }
+    }
+    Ok(CommittedImage { epoch, bytes })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn frame_lists_parse_in_both_bases() {
+        assert_eq!(super::parse_frame_list("12,0x1f 7").unwrap(), vec![12, 31, 7]);
+        assert!(super::parse_frame_list("12,zz").is_err());
+    }
+
     use super::*;
 
     #[test]

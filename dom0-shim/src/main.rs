@@ -18,6 +18,9 @@ const USAGE: &str = "usage: resilire-shim <command>
   send-images <dir> --to IP:PORT --vm-id N --key HEX64|@FILE [--block-size B] [--verify-read]
                                         ship a directory of equal-size raw memory images (sorted
                                         by name, one epoch each) as a protected VM would
+  read-image --appliance NAME --vm VM --out FILE [--compare FILE]
+                                        read a VM's committed image out of the appliance by foreign
+                                        mapping its published page directory (dom0 only)
   appliance start [--name N] [--kernel ELF] [--memory MiB] [--bridge BR]
                   --ip A.B.C.D/P [--gateway G|none] [--port P] [--budget MiB]
                   [--log-level L] --key VMID=HEX64|@FILE [--key ...] [--wait S]
@@ -40,6 +43,7 @@ fn run() -> Result<()> {
         Some("appliance") => cmd_appliance(&args[1..]),
         Some("checkpoint") => cmd_checkpoint(&args[1..]),
         Some("send-images") => cmd_send_images(&args[1..]),
+        Some("read-image") => cmd_read_image(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -311,4 +315,30 @@ fn cmd_send_images(args: &[String]) -> Result<()> {
         println!("send-images: read back {pages} pages through READ: equal to the last image byte for byte");
     }
     sh.close()
+}
+
+fn cmd_read_image(args: &[String]) -> Result<()> {
+    let app = opt(args, "--appliance").unwrap_or("resilire-appliance");
+    let vm = opt(args, "--vm").context("--vm is required")?;
+    let out = opt(args, "--out").context("--out FILE is required")?;
+    let xs = xenstore::Xenstore::open()?;
+    let fm = xen::ForeignMemory::open()?;
+    let app_id = appliance::domid(app)?;
+    let t0 = Instant::now();
+    let img = appliance::read_committed_image(&xs, &fm, app_id, vm)?;
+    std::fs::write(out, &img.bytes).with_context(|| format!("writing {out}"))?;
+    println!(
+        "read-image: VM {vm} epoch {} from appliance {app} (domain {app_id}): {} pages by foreign mapping in {:.2}s -> {out}",
+        img.epoch,
+        img.bytes.len() / checkpoint::PAGE,
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(cmp) = opt(args, "--compare") {
+        let want = std::fs::read(cmp).with_context(|| format!("reading {cmp}"))?;
+        if want != img.bytes {
+            bail!("the committed image differs from {cmp}");
+        }
+        println!("read-image: equal to {cmp} byte for byte");
+    }
+    Ok(())
 }
