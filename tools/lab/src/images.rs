@@ -100,6 +100,10 @@ pub fn dom0_initramfs(inp: &Dom0Inputs, out: &Path) -> Result<u64> {
     fs.binary(which("tc")?, "/usr/bin/tc")?;
 
     fs.binary(&inp.art.shim, "/usr/bin/resilire-shim")?;
+    // Captured real-memory sets, packed (a few MB); scenarios unpack them
+    // with `resilire-capture unpack /lab/captures/<set> <dir>`.
+    fs.binary(&inp.art.capture, "/usr/bin/resilire-capture")?;
+    fs.tree(&inp.root.join("tools/capture/data"), "/lab/captures")?;
     if let Some(app) = &inp.art.appliance {
         fs.file(app, "/usr/lib/resilire/resilire-appliance")?;
     }

@@ -8,6 +8,8 @@ use std::process::Command;
 pub struct Artifacts {
     /// `resilire-shim`, for dom0 (dynamically linked against libxenctrl).
     pub shim: PathBuf,
+    /// `resilire-capture`, for dom0 (unpacks the captured memory sets).
+    pub capture: PathBuf,
     /// `resilire-workload`, static, for the test guest.
     pub workload: PathBuf,
     /// The appliance unikernel (a PV ELF); `None` when skipped on request.
@@ -34,6 +36,7 @@ fn cargo_build(root: &Path, package: &str, target: Option<&str>) -> Result<()> {
 /// Builds everything the images need, in release mode.
 pub fn build(root: &Path) -> Result<Artifacts> {
     cargo_build(root, "resilire-shim", None)?;
+    cargo_build(root, "resilire-capture", None)?;
     cargo_build(root, "resilire-workload", Some("x86_64-unknown-linux-musl"))?;
     // RESILIRE_LAB_SKIP=appliance lets lab work go on while the unikernel is
     // being changed; scenarios that need it then fail with a clear message.
@@ -44,6 +47,7 @@ pub fn build(root: &Path) -> Result<Artifacts> {
     let t = target_dir(root);
     Ok(Artifacts {
         shim: t.join("release/resilire-shim"),
+        capture: t.join("release/resilire-capture"),
         workload: t.join("x86_64-unknown-linux-musl/release/resilire-workload"),
         appliance: (!skip_appliance).then(|| t.join("x86_64-unknown-none/release/resilire-appliance")),
     })
