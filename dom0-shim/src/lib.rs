@@ -6,3 +6,4 @@ pub mod xenstore;
 pub mod appliance;
 pub mod checkpoint;
 pub mod ship;
+pub mod netbench;

@@ -3,7 +3,7 @@
 //! Today: domain listing and live dirty-page rates through log-dirty. The
 //! protect/resume pipeline and the appliance commands build on these.
 
-use resilire_shim::{appliance, checkpoint, ship, xen, xenstore};
+use resilire_shim::{appliance, checkpoint, netbench, ship, xen, xenstore};
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ const USAGE: &str = "usage: resilire-shim <command>
   read-image --appliance NAME --vm VM --out FILE [--compare FILE]
                                         read a VM's committed image out of the appliance by foreign
                                         mapping its published page directory (dom0 only)
+  net-sink --port P                     discard TCP traffic (the throughput baseline's far end)
+  net-blast --to IP:PORT [--mib N]      plain TCP throughput to a net-sink, MiB/s
   appliance start [--name N] [--kernel ELF] [--memory MiB] [--bridge BR]
                   --ip A.B.C.D/P [--gateway G|none] [--port P] [--budget MiB]
                   [--log-level L] --key VMID=HEX64|@FILE [--key ...] [--wait S]
@@ -44,6 +46,14 @@ fn run() -> Result<()> {
         Some("checkpoint") => cmd_checkpoint(&args[1..]),
         Some("send-images") => cmd_send_images(&args[1..]),
         Some("read-image") => cmd_read_image(&args[1..]),
+        Some("net-sink") => netbench::sink(flag(&args[1..], "--port", 7790)? as u16),
+        Some("net-blast") => {
+            let to = opt(&args[1..], "--to").context("--to IP:PORT is required")?;
+            let mib = flag(&args[1..], "--mib", 64)?;
+            let rate = netbench::blast(to, mib)?;
+            println!("net-blast: {mib} MiB to {to}: {rate:.1} MiB/s");
+            Ok(())
+        }
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -269,9 +279,11 @@ fn cmd_send_images(args: &[String]) -> Result<()> {
     );
     let mut prev = vec![0u8; size];
     let (mut raw, mut wire) = (0u64, 0u64);
+    // All images are read before the clock starts: the figure is shipping
+    // and committing, not disk reads.
+    let images: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<std::io::Result<_>>()?;
     let t0 = Instant::now();
-    for f in &files {
-        let img = std::fs::read(f)?;
+    for (f, img) in files.iter().zip(images) {
         let dirty: Vec<u64> = (0..pages as usize)
             .filter(|&p| img[p * checkpoint::PAGE..(p + 1) * checkpoint::PAGE] != prev[p * checkpoint::PAGE..(p + 1) * checkpoint::PAGE])
             .map(|p| p as u64)
