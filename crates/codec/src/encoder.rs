@@ -313,6 +313,9 @@ impl Encoder {
 
     /// Encodes page `pfn` (a dirty page) into the current chunk, calling `emit` with each chunk
     /// that fills up. Pages identical to the last sent version produce nothing.
+    ///
+    /// # Panics
+    /// If `pfn` is not below [`Encoder::page_count`] (the caller's bug, not input data).
     pub fn encode_page(&mut self, pfn: u64, page: &[u8; PAGE_SIZE], emit: &mut dyn FnMut(&[u8])) {
         assert!(pfn < self.page_count, "pfn {pfn} beyond the image");
         self.stats.pages_in += 1;
@@ -639,6 +642,10 @@ impl Encoder {
     /// The epoch did not commit (connection lost, backup refused): restore the shadow to the
     /// last committed image and drop the unsent chunk. Index entries pointing at rolled-back
     /// content are harmless: every candidate is verified against the shadow.
+    ///
+    /// The caller must offer the pages of the aborted epoch again in the next one (OR its dirty
+    /// set into the next), since the backup discarded them. One epoch is in flight at a time:
+    /// the next epoch starts after `commit_epoch` or `abort_epoch`.
     pub fn abort_epoch(&mut self) {
         let bs = self.bs;
         for (i, &blk) in self.undo_blocks.iter().enumerate().rev() {
