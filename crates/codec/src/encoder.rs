@@ -100,8 +100,6 @@ const ZSTD_MIN: usize = 48;
 /// patching them, so only blocks changed in every byte qualify).
 const DENSE_NUM: usize = 1;
 const DENSE_DEN: usize = 1;
-/// Largest run of unchanged blocks a delta run swallows.
-const MERGE_GAP: usize = usize::MAX;
 /// Undo-log capacity kept across epochs.
 const UNDO_KEEP: usize = 64 << 20;
 /// Room kept in a chunk beyond records for a batch header.
@@ -426,7 +424,7 @@ impl Encoder {
                             while f < bpp && self.kinds[f] == Kind::Skip {
                                 f += 1;
                             }
-                            if f < bpp && self.kinds[f] == Kind::Xor && f - e <= MERGE_GAP {
+                            if f < bpp && self.kinds[f] == Kind::Xor {
                                 e = f;
                             } else {
                                 break;

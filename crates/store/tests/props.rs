@@ -8,11 +8,13 @@ use resilire_store::{HeapFrames, Store};
 
 const PAGES: usize = 8;
 
+/// A write: (page, source page from a shared pool of contents, optional byte tweak).
+type Write = (usize, usize, Option<(usize, u8)>);
+
 #[derive(Debug, Clone)]
 struct Epoch {
     vm: usize,
-    /// (page, source page from a shared pool of contents, byte tweak)
-    writes: Vec<(usize, usize, Option<(usize, u8)>)>,
+    writes: Vec<Write>,
     /// Cut the stream after this fraction (per mille) of its bytes and abort.
     cut: Option<u16>,
 }
@@ -78,11 +80,11 @@ proptest! {
                 encs[e.vm].commit_epoch();
                 images[e.vm] = img;
             }
-            for v in 0..3 {
+            for (v, image) in images.iter().enumerate() {
                 let mut page = [0u8; PAGE_SIZE];
                 for p in 0..PAGES {
                     store.read_page(v as u64, p as u64, &mut page).unwrap();
-                    prop_assert!(page[..] == images[v][p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+                    prop_assert!(page[..] == image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
                 }
             }
             // Content is shared: never more objects than distinct non-zero pages held.
