@@ -535,6 +535,19 @@ impl<A: FrameAllocator> Store<A> {
         Ok(())
     }
 
+    /// Commits several images at once (a group epoch: every member becomes visible together).
+    /// Checks every id first; then each commit is infallible, so either all are committed or,
+    /// on an unknown id, none.
+    pub fn commit_group(&mut self, members: &[(ImageId, u64)]) -> Result<(), StoreError> {
+        if let Some(&(id, _)) = members.iter().find(|(id, _)| !self.images.contains_key(id)) {
+            return Err(StoreError::NoSuchImage(id));
+        }
+        for &(id, epoch) in members {
+            self.commit(id, epoch)?;
+        }
+        Ok(())
+    }
+
     /// Drops the staged epoch of image `id`; the committed image is unchanged.
     pub fn abort(&mut self, id: ImageId) -> Result<(), StoreError> {
         let image = self.images.get_mut(&id).ok_or(StoreError::NoSuchImage(id))?;

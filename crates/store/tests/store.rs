@@ -300,3 +300,22 @@ fn cold_pages_compress_and_read_back() {
     assert!(store.page_directory(5).unwrap().all(|l| l != PageLocation::Compressed));
     assert!(image_bytes(&mut store, 5) == next);
 }
+
+#[test]
+fn group_commit_is_all_or_nothing() {
+    let mut store = Store::new(HeapFrames::new(), 1 << 20);
+    store.add_image(1, 2).unwrap();
+    store.add_image(2, 2).unwrap();
+    store.staging(1).unwrap().write_page(0, &[1u8; PAGE_SIZE]).unwrap();
+    store.staging(2).unwrap().write_page(1, &[2u8; PAGE_SIZE]).unwrap();
+    assert_eq!(store.commit_group(&[(1, 5), (3, 5)]), Err(StoreError::NoSuchImage(3)));
+    let mut page = [0u8; PAGE_SIZE];
+    store.read_page(1, 0, &mut page).unwrap();
+    assert_eq!(page, [0u8; PAGE_SIZE]);
+    store.commit_group(&[(1, 5), (2, 5)]).unwrap();
+    store.read_page(1, 0, &mut page).unwrap();
+    assert_eq!(page, [1u8; PAGE_SIZE]);
+    store.read_page(2, 1, &mut page).unwrap();
+    assert_eq!(page, [2u8; PAGE_SIZE]);
+    assert_eq!(store.committed_epoch(2).unwrap(), Some(5));
+}
