@@ -77,7 +77,8 @@ fn real_main() -> Result<()> {
             prereq::ensure()?;
             cargo_tests(&root)?;
             fuzz::run_all(&root)?;
-            let img = build_images(&root, &out)?;
+            let (img, art) = build_all(&root, &out)?;
+            appliance_smoke(&root, &art)?;
             let all = scenario::load_all(&root.join("tests-qemu/scenarios"))?;
             let chosen: Vec<&scenario::Scenario> = all.iter().filter(|s| s.in_tests).collect();
             run_scenarios(&chosen, &img, &out, live)
@@ -106,6 +107,22 @@ fn cargo_tests(root: &Path) -> Result<()> {
 }
 
 fn build_images(root: &Path, out: &Path) -> Result<scenario::BootImages> {
+    build_all(root, out).map(|(img, _)| img)
+}
+
+/// Boots the appliance as dom0 straight under Xen (its self-test and its
+/// panic path): Xen's own way of smoke-testing PV kernels.
+fn appliance_smoke(root: &Path, art: &project::Artifacts) -> Result<()> {
+    let Some(elf) = &art.appliance else { return Ok(()) };
+    eprintln!("lab: appliance smoke test as dom0");
+    let st = Command::new("sh").arg(root.join("appliance/scripts/dom0-smoke.sh")).arg(elf).status()?;
+    if !st.success() {
+        bail!("appliance dom0 smoke test failed");
+    }
+    Ok(())
+}
+
+fn build_all(root: &Path, out: &Path) -> Result<(scenario::BootImages, project::Artifacts)> {
     let t0 = Instant::now();
     let img_dir = out.join("images");
     std::fs::create_dir_all(&img_dir)?;
@@ -133,7 +150,7 @@ fn build_images(root: &Path, out: &Path) -> Result<scenario::BootImages> {
         gsize / 1024,
         dsize / 1024
     );
-    Ok(scenario::BootImages { xen, kernel: kernel.image, initrd })
+    Ok((scenario::BootImages { xen, kernel: kernel.image, initrd }, art))
 }
 
 fn run_scenarios(list: &[&scenario::Scenario], img: &scenario::BootImages, out: &Path, live: bool) -> Result<()> {
