@@ -220,6 +220,28 @@ pub mod zrle {
         i
     }
 
+    /// Length of the prefix where `a` and `b` differ in every byte, 8 bytes at a time.
+    #[inline]
+    fn differing_prefix(a: &[u8], b: &[u8]) -> usize {
+        const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let mut i = 0;
+        let n = a.len().min(b.len());
+        while i + 8 <= n {
+            let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]))
+                ^ u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+            // 0x80 in every byte of x that is zero (an equal byte).
+            let z = !(((x & LO7).wrapping_add(LO7)) | x | LO7);
+            if z != 0 {
+                return i + (z.trailing_zeros() / 8) as usize;
+            }
+            i += 8;
+        }
+        while i < n && a[i] != b[i] {
+            i += 1;
+        }
+        i
+    }
+
     /// Appends the zero-run coded XOR of `old` and `new` (equal lengths) to `out`.
     pub fn encode_xor(old: &[u8], new: &[u8], out: &mut Vec<u8>) {
         encode(old, new, out, true)
@@ -256,9 +278,9 @@ pub mod zrle {
             i += equal_prefix(&old[i..n], &new[i..n]);
             let ls = i;
             while i < n {
-                if old[i] != new[i] {
-                    i += 1;
-                    continue;
+                i += differing_prefix(&old[i..n], &new[i..n]);
+                if i >= n {
+                    break;
                 }
                 let g = equal_prefix(&old[i..n], &new[i..n]);
                 if g >= 3 || i + g == n {
