@@ -126,7 +126,7 @@ fn build_all(root: &Path, out: &Path) -> Result<(scenario::BootImages, project::
     let t0 = Instant::now();
     let img_dir = out.join("images");
     std::fs::create_dir_all(&img_dir)?;
-    let art = project::build(root)?;
+    let art = project::build(root, &img_dir.join("bin"))?;
     let kernel = hostfacts::kernel()?;
     let xen_bin = hostfacts::xen_bin_dir()?;
     let xen = img_dir.join("xen.elf");

@@ -15,6 +15,7 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "bash",
     "zstd",
+    "binutils",
 ];
 
 /// Rust targets beyond the host's: the appliance and the static test workload.
