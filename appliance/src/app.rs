@@ -110,6 +110,10 @@ struct App {
     /// Whether the effective-config status keys may exist (and must be
     /// removed when the configuration becomes invalid).
     effective_published: bool,
+    /// The network stack, up once a valid configuration arrived.
+    net: Option<crate::net::Net>,
+    /// What runs on the TCP connections.
+    service: crate::net::service::Receiving,
 }
 
 /// domU main loop; never returns (ends with SCHEDOP_shutdown).
@@ -128,6 +132,8 @@ pub fn run(bi: &BootInfo) -> ! {
         config_retry_at: None,
         // a new domain starts with an empty home path
         effective_published: false,
+        net: None,
+        service: crate::net::service::Receiving::new(),
     };
     let domid = app.xs.read(NO_TX, "domid").unwrap_or_else(|e| panic!("xenstore: reading domid: {e}"));
     let home = app.xs.domain_path(domid.parse().unwrap_or(0)).unwrap_or_default();
@@ -147,12 +153,13 @@ pub fn run(bi: &BootInfo) -> ! {
         if let Err(e) = app.xs.poll() {
             error!("xenstore: {e}");
         }
-        let (mut reconfigure, mut check_shutdown) = (false, false);
+        let (mut reconfigure, mut check_shutdown, mut net_event) = (false, false, false);
         while let Some(ev) = app.xs.next_event() {
             debug!("watch {} fired on {}", ev.token, ev.path);
             match ev.token.as_str() {
                 "config" => reconfigure = true,
                 "shutdown" => check_shutdown = true,
+                crate::net::netfront::WATCH_TOKEN => net_event = true,
                 _ => {}
             }
         }
@@ -166,13 +173,25 @@ pub fn run(bi: &BootInfo) -> ! {
         }
         if reconfigure && app.load_config() {
             app.publish_status();
+            app.net_config();
         }
+        if net_event {
+            if let Some(n) = app.net.as_mut() {
+                n.on_watch(&mut app.xs);
+            }
+        }
+        let net_deadline = app.net_poll();
         let now = time::now_ns();
         if now >= next_status {
             app.publish_periodic();
+            app.service.publish(&mut app.xs);
             next_status = now + STATUS_PERIOD_NS;
         }
-        events::wait(&[app.port], app.config_retry_at.map_or(next_status, |t| t.min(next_status)));
+        let deadline = app.config_retry_at.map_or(next_status, |t| t.min(next_status)).min(net_deadline);
+        match app.net.as_ref().and_then(|n| n.port()) {
+            Some(p) => events::wait(&[app.port, p], deadline),
+            None => events::wait(&[app.port], deadline),
+        }
     }
 }
 
@@ -216,6 +235,31 @@ impl App {
         self.reason = reason;
         self.cfg = cfg;
         true
+    }
+
+    /// Brings the network up (first valid configuration) or applies a new one.
+    fn net_config(&mut self) {
+        let Some(cfg) = self.cfg.as_ref() else { return };
+        self.service.configure(cfg, &mut self.xs);
+        match self.net.as_mut() {
+            Some(n) => n.apply(cfg),
+            None => match crate::net::Net::start(&mut self.xs, cfg) {
+                Ok(n) => self.net = Some(n),
+                Err(e) => error!("net: netfront: {e}"),
+            },
+        }
+    }
+
+    /// Polls the network; returns the time by which to poll it again.
+    fn net_poll(&mut self) -> u64 {
+        match self.net.as_mut() {
+            Some(n) if self.state == State::Ready => {
+                let d = n.poll(&mut self.service);
+                self.service.after_poll(&mut self.xs);
+                d
+            }
+            _ => u64::MAX,
+        }
     }
 
     fn publish_status(&mut self) {

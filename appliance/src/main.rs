@@ -19,6 +19,8 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod app;
 #[cfg(target_os = "none")]
+mod net;
+#[cfg(target_os = "none")]
 mod pv;
 
 #[cfg(target_os = "none")]

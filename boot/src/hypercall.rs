@@ -141,3 +141,33 @@ pub fn xen_version() -> (u32, u32) {
     let v = unsafe { hypercall(hc::XEN_VERSION, 0, 0, 0, 0, 0) } as u32;
     (v >> 16, v & 0xffff)
 }
+
+/// Allocates a fresh event channel of this domain that domain `remote` may
+/// bind to (`EVTCHNOP_alloc_unbound`); returns the local port. Netfront
+/// uses it for the channel it shares with its backend.
+pub fn evtchn_alloc_unbound(remote: u16) -> Result<u32, XenError> {
+    /// `struct evtchn_alloc_unbound` (xen/event_channel.h): dom, remote_dom
+    /// (domid_t each), then the OUT port.
+    #[repr(C)]
+    struct AllocUnbound {
+        dom: u16,
+        remote_dom: u16,
+        port: u32,
+    }
+    const EVTCHNOP_ALLOC_UNBOUND: usize = 6;
+    let mut arg = AllocUnbound { dom: abi::DOMID_SELF, remote_dom: remote, port: 0 };
+    // SAFETY: `arg` is a live `struct evtchn_alloc_unbound` on the stack.
+    check(unsafe {
+        hypercall(hc::EVENT_CHANNEL_OP, EVTCHNOP_ALLOC_UNBOUND, &mut arg as *mut AllocUnbound as usize, 0, 0, 0)
+    })?;
+    Ok(arg.port)
+}
+
+/// Closes a local event channel port (`EVTCHNOP_close`).
+pub fn evtchn_close(port: u32) -> Result<(), XenError> {
+    const EVTCHNOP_CLOSE: usize = 3;
+    let arg = port;
+    // SAFETY: `struct evtchn_close` is a single u32 that lives on the stack.
+    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, EVTCHNOP_CLOSE, &arg as *const u32 as usize, 0, 0, 0) })
+        .map(|_| ())
+}

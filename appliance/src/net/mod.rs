@@ -1,0 +1,275 @@
+//! The appliance on the network: netfront ([`netfront`]), smoltcp on top of
+//! it ([`device`]), and a TCP listener whose connections are handed to a
+//! [`Service`] (the epoch receiver).
+//!
+//! [`Net`] is polled from the appliance's main loop: it drains netfront,
+//! runs smoltcp, moves bytes between the TCP sockets and the service, kicks
+//! netfront, and tells the loop which event channel to wait on and until
+//! when (smoltcp's `poll_delay`).
+//!
+//! ICMP echo is answered by smoltcp itself for the interface address, so
+//! dom0 can `ping` the appliance as soon as the interface is up.
+
+pub mod device;
+pub mod netfront;
+pub mod service;
+
+use crate::pv::{events, time};
+use alloc::vec;
+use alloc::vec::Vec;
+use device::NetDevice;
+use log::{info, warn};
+use netfront::{NetError, Netfront};
+use resilire_appliance::config::Config;
+use resilire_appliance::xenstore::{Client, Transport};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+
+/// Receive buffer of each TCP socket (window scaling lets the peer use it all).
+const TCP_RX_BUF: usize = 256 * 1024;
+/// Transmit buffer of each TCP socket (replies are small).
+const TCP_TX_BUF: usize = 32 * 1024;
+/// At most this many TCP sockets (connections + the free listener).
+const MAX_SOCKETS: usize = 16;
+/// Stop reading a connection while this much service output is unsent.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+
+/// What runs on top of the TCP connections (the epoch receiver).
+pub trait Service {
+    /// A connection was established; returns its id.
+    fn accept(&mut self, now_ms: u64) -> u64;
+    /// Bytes arrived on `conn`; replies go to `out`. An error closes the
+    /// connection (after `out` is sent).
+    fn on_bytes(&mut self, conn: u64, data: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ()>;
+    /// More output for `conn` produced outside `on_bytes` (timers).
+    fn poll_output(&mut self, _conn: u64, _out: &mut Vec<u8>) {}
+    /// The connection is gone.
+    fn on_close(&mut self, conn: u64, now_ms: u64);
+}
+
+struct Conn {
+    handle: SocketHandle,
+    id: Option<u64>,
+    out: Vec<u8>,
+    out_off: usize,
+    /// The service refused the connection: close once the output is sent.
+    closing: bool,
+}
+
+/// The network stack.
+pub struct Net {
+    dev: NetDevice,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    conns: Vec<Conn>,
+    tcp_port: u16,
+    address: Ipv4Address,
+    prefix: u8,
+    last_summary_ns: u64,
+}
+
+fn now() -> Instant {
+    Instant::from_micros((time::now_ns() / 1000) as i64)
+}
+
+fn new_tcp_socket() -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; TCP_RX_BUF]),
+        tcp::SocketBuffer::new(vec![0u8; TCP_TX_BUF]),
+    );
+    s.set_nagle_enabled(false);
+    s.set_ack_delay(None);
+    s
+}
+
+impl Net {
+    /// Connects netfront and brings the interface up with the configured
+    /// address, prefix and gateway, listening on the configured TCP port.
+    pub fn start<T: Transport>(xs: &mut Client<T>, cfg: &Config) -> Result<Net, NetError> {
+        let nf = Netfront::new(xs)?;
+        let mut dev = NetDevice { nf };
+        let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(dev.nf.mac)));
+        // SAFETY: rdtsc is always available to a PV guest.
+        icfg.random_seed = unsafe { core::arch::x86_64::_rdtsc() };
+        let mut iface = Interface::new(icfg, &mut dev, now());
+        let mut net = Net {
+            dev,
+            iface: {
+                iface.update_ip_addrs(|a| a.clear());
+                iface
+            },
+            sockets: SocketSet::new(Vec::new()),
+            conns: Vec::new(),
+            tcp_port: cfg.port,
+            address: cfg.address,
+            prefix: cfg.prefix,
+            last_summary_ns: time::now_ns(),
+        };
+        net.apply(cfg);
+        Ok(net)
+    }
+
+    /// Applies a (new) configuration: address, prefix, gateway, port.
+    pub fn apply(&mut self, cfg: &Config) {
+        self.address = cfg.address;
+        self.prefix = cfg.prefix;
+        let (addr, prefix) = (cfg.address, cfg.prefix);
+        self.iface.update_ip_addrs(|a| {
+            a.clear();
+            let _ = a.push(IpCidr::new(addr.into(), prefix));
+        });
+        self.iface.routes_mut().remove_default_ipv4_route();
+        if let Some(gw) = cfg.gateway {
+            let _ = self.iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        if cfg.port != self.tcp_port {
+            self.tcp_port = cfg.port;
+            // Listeners on the old port are closed; new ones open below.
+            for c in self.conns.iter().filter(|c| c.id.is_none()) {
+                self.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+            }
+        }
+        self.ensure_listener();
+        info!(
+            "net: interface {}/{} gw {:?}, TCP port {}",
+            cfg.address, cfg.prefix, cfg.gateway, cfg.port
+        );
+    }
+
+    /// The event channel to wait on (None while netfront is disconnected).
+    pub fn port(&self) -> Option<u32> {
+        self.dev.nf.port()
+    }
+
+    /// netfront's counters.
+    pub fn stats(&self) -> netfront::Stats {
+        self.dev.nf.stats
+    }
+
+    /// Handles a watch event whose token is [`netfront::WATCH_TOKEN`].
+    pub fn on_watch<T: Transport>(&mut self, xs: &mut Client<T>) {
+        if self.dev.nf.on_backend_event(xs) && self.dev.nf.is_connected() {
+            // A fresh connection: the peer's ARP cache may be stale, TCP
+            // connections survive only if the peers retransmit in time.
+            info!("net: netfront reconnected");
+        }
+    }
+
+    fn ensure_listener(&mut self) {
+        let port = self.tcp_port;
+        let mut listening = 0;
+        for c in &self.conns {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            if c.id.is_none() && !c.closing {
+                if !s.is_open() {
+                    if let Err(e) = s.listen(port) {
+                        warn!("net: listen on {port}: {e}");
+                        continue;
+                    }
+                }
+                if s.state() == tcp::State::Listen {
+                    listening += 1;
+                }
+            }
+        }
+        if listening == 0 && self.conns.len() < MAX_SOCKETS {
+            let mut s = new_tcp_socket();
+            if s.listen(port).is_ok() {
+                let handle = self.sockets.add(s);
+                self.conns.push(Conn { handle, id: None, out: Vec::new(), out_off: 0, closing: false });
+            }
+        }
+    }
+
+    fn service_sockets(&mut self, svc: &mut dyn Service, now_ms: u64) {
+        for c in self.conns.iter_mut() {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            if c.id.is_none() && !c.closing && s.is_active() && s.state() != tcp::State::Listen {
+                let id = svc.accept(now_ms);
+                info!("net: connection {id} from {:?}", s.remote_endpoint());
+                c.id = Some(id);
+                c.out.clear();
+                c.out_off = 0;
+            }
+            let Some(id) = c.id else {
+                if c.closing && !s.is_open() {
+                    c.closing = false;
+                }
+                continue;
+            };
+            // input, unless the peer is not reading our output
+            while !c.closing && s.can_recv() && c.out.len() - c.out_off < OUT_HIGH_WATER {
+                let out = &mut c.out;
+                let r = s.recv(|buf| (buf.len(), svc.on_bytes(id, buf, now_ms, out)));
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => {
+                        c.closing = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !c.closing {
+                svc.poll_output(id, &mut c.out);
+            }
+            // output
+            while c.out_off < c.out.len() && s.can_send() {
+                match s.send_slice(&c.out[c.out_off..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => c.out_off += n,
+                }
+            }
+            if c.out_off == c.out.len() {
+                c.out.clear();
+                c.out_off = 0;
+                if c.closing {
+                    s.close();
+                }
+            }
+            // the peer went away, or the connection failed
+            if !s.may_recv() || !s.is_active() {
+                if s.is_active() {
+                    s.close();
+                }
+                if !s.is_open() || !s.may_recv() {
+                    info!("net: connection {id} closed ({})", s.state());
+                    svc.on_close(id, now_ms);
+                    c.id = None;
+                    c.closing = s.is_open();
+                    c.out.clear();
+                    c.out_off = 0;
+                }
+            }
+        }
+    }
+
+    /// One round of work: netfront, smoltcp, the service. Returns the Xen
+    /// system time (ns) by which it must be called again at the latest.
+    pub fn poll(&mut self, svc: &mut dyn Service) -> u64 {
+        if let Some(p) = self.port() {
+            events::clear(p);
+        }
+        for _ in 0..64 {
+            let ts = now();
+            self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+            self.service_sockets(svc, time::uptime_ns() / 1_000_000);
+            self.ensure_listener();
+            // send what the service produced right away
+            self.iface.poll(now(), &mut self.dev, &mut self.sockets);
+            if !self.dev.nf.kick() {
+                break;
+            }
+        }
+        let t = time::now_ns();
+        if t - self.last_summary_ns >= 30_000_000_000 {
+            self.last_summary_ns = t;
+            info!("net: {}", self.dev.nf.summary());
+        }
+        match self.iface.poll_delay(now(), &self.sockets) {
+            Some(d) => t + d.total_micros().saturating_mul(1000).min(1_000_000_000),
+            None => t + 1_000_000_000,
+        }
+    }
+}
