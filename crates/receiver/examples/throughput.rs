@@ -101,7 +101,7 @@ fn main() {
     let epochs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
     let dirty_pct: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let pages = mib * 256;
-    let budget = 3 * mib << 20;
+    let budget = (3 * mib) << 20;
     let vm = vm_id_of(NAME);
 
     // 1. Record a live stream.

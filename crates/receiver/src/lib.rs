@@ -1004,7 +1004,12 @@ impl<A: FrameAllocator> Receiver<A> {
                     }
                 }
                 let m = Message::ReadReply(ReadReply { request_id, first_pfn, data: &self.read_buf });
-                session.seal_into(&m, out)
+                let r = session.seal_into(&m, out);
+                // READs are rare (verification, failover): do not keep a large buffer on the heap.
+                if self.read_buf.capacity() > 16 * PAGE_SIZE {
+                    self.read_buf = Vec::new();
+                }
+                r
             }
         };
         r.map_err(ConnError::Internal)

@@ -1,5 +1,5 @@
 //! An in-test primary (resilire-proto session + resilire-codec std encoder) and image generators.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use resilire_codec::{Encoder, EncoderConfig, PAGE_SIZE};
 use resilire_proto::*;
