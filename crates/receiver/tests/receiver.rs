@@ -663,3 +663,27 @@ fn vm_ids_and_key_sets() {
     assert_eq!(Receiver::new(store, &[k("a"), k("a")], cfg()).unwrap_err(), KeyError::Duplicate("a".into()));
     assert!(!format!("{:?}", k("a")).contains("1, 1"));
 }
+
+#[test]
+fn every_connection_gets_a_fresh_appliance_salt_even_for_a_replayed_hello() {
+    let mut rx = receiver(4 * MIB, &["r"], cfg());
+    let mut p = Primary::new("r", 8, small_chunks(64));
+    let h = p.hello_frame();
+    let mut salts = std::collections::BTreeSet::new();
+    for t in [0, 0, 1, 1, 2] {
+        let c = rx.accept(t);
+        let mut out = Vec::new();
+        rx.on_bytes(c, &h, t, &mut out).unwrap();
+        // WELCOME is the appliance's first frame: its clear salt follows the header.
+        assert_eq!(out[5], Kind::Welcome as u8);
+        salts.insert(out[HEADER_LEN..HEADER_LEN + SALT_LEN].to_vec());
+        rx.on_close(c);
+    }
+    assert_eq!(salts.len(), 5);
+    // Another boot material gives other salts for the same counter and time.
+    let mut rx2 = receiver(4 * MIB, &["r"], ReceiverConfig { boot_material: [4; 32], ..cfg() });
+    let c = rx2.accept(0);
+    let mut out = Vec::new();
+    rx2.on_bytes(c, &h, 0, &mut out).unwrap();
+    assert!(salts.insert(out[HEADER_LEN..HEADER_LEN + SALT_LEN].to_vec()));
+}
