@@ -15,7 +15,7 @@ const USAGE: &str = "usage: resilire-shim <command>
   checkpoint <domid|name> [--epochs N] [--interval-ms N] [--verify]
                                         cooperative checkpoints into dom0 memory, pause per epoch;
                                         --verify compares the copy with the suspended guest at the end
-  send-images <dir> --to IP:PORT --vm-id N --key HEX64|@FILE [--block-size B] [--verify-read]
+  send-images <dir> --to IP:PORT --vm NAME|--vm-id N --key HEX64|@FILE [--block-size B] [--verify-read]
                                         ship a directory of equal-size raw memory images (sorted
                                         by name, one epoch each) as a protected VM would
   read-image --appliance NAME --vm VM --out FILE [--compare FILE]
@@ -258,7 +258,15 @@ fn image_files(dir: &str) -> Result<(Vec<std::path::PathBuf>, usize)> {
 fn cmd_send_images(args: &[String]) -> Result<()> {
     let dir = args.first().context("send-images needs a directory")?;
     let to = opt(args, "--to").context("--to IP:PORT is required")?;
-    let vm_id = flag(args, "--vm-id", 1)?;
+    // The appliance knows keys by VM name; the wire carries the id derived
+    // from it (resilire_receiver::vm_id_of).
+    let (vm_id, vm_name) = match opt(args, "--vm") {
+        Some(name) => (resilire_receiver::vm_id_of(name), name.to_string()),
+        None => {
+            let id = flag(args, "--vm-id", 1)?;
+            (id, format!("images-{id}"))
+        }
+    };
     let key = parse_key(opt(args, "--key").context("--key is required")?)?;
     let block_size = flag(args, "--block-size", 64)? as usize;
     let (files, size) = image_files(dir)?;
@@ -266,7 +274,7 @@ fn cmd_send_images(args: &[String]) -> Result<()> {
     let vm = ship::VmIdentity {
         vm_id,
         uuid: [0; 16],
-        name: format!("images-{vm_id}"),
+        name: vm_name,
         pages,
         xl_config: String::new(),
     };
