@@ -687,3 +687,47 @@ fn every_connection_gets_a_fresh_appliance_salt_even_for_a_replayed_hello() {
     rx2.on_bytes(c, &h, 0, &mut out).unwrap();
     assert!(salts.insert(out[HEADER_LEN..HEADER_LEN + SALT_LEN].to_vec()));
 }
+
+#[test]
+fn key_changes_and_image_removal() {
+    let mut rx = receiver(8 * MIB, &["k", "other"], ReceiverConfig { max_events: 4, ..cfg() });
+    let mut p = Primary::new("k", 8, small_chunks(64));
+    let mut rng = Rng(12);
+    let img = initial_image(8, &mut rng);
+    p.connect(&mut rx, 0).unwrap();
+    p.sync(&mut rx, &img, 0);
+    // A connection accepted before the key changes, whose HELLO carries the old key.
+    let early = rx.accept(1);
+    let old_hello = p.hello_frame();
+    let keys = [
+        VmKey { name: "k".into(), key: [0xee; 32] },
+        VmKey { name: "other".into(), key: key_bytes("other") },
+    ];
+    rx.set_keys(&keys, 1).unwrap();
+    let live = p.conn.unwrap();
+    assert_eq!(rx.pending_connections(), vec![live]);
+    let mut out = Vec::new();
+    assert_eq!(rx.poll_output(live, &mut out), Err(ConnError::KeyWithdrawn));
+    let mut out = Vec::new();
+    let e = rx.on_bytes(early, &old_hello, 2, &mut out).unwrap_err();
+    assert!(matches!(&e, ConnError::Refused { code: ErrorCode::UNKNOWN_VM, reason } if reason.contains("changed")), "{e:?}");
+    // With the new key the VM resumes from its image.
+    p.key = [0xee; 32];
+    p.session = None;
+    assert_eq!(p.connect(&mut rx, 3).unwrap(), Some(1));
+    assert_eq!(p.read_back(&mut rx, 3), img);
+    // Removing the image closes the connection and frees the reservation; the VM starts over.
+    let reserved = rx.vm_status(p.vm).unwrap().reserved_bytes;
+    assert!(reserved > 0);
+    rx.remove_vm(p.vm, 4).unwrap();
+    let st = rx.vm_status(p.vm).unwrap();
+    assert_eq!((st.pages, st.committed_epoch, st.reserved_bytes), (None, None, 0));
+    assert_eq!(rx.poll_output(p.conn.unwrap(), &mut out), Err(ConnError::KeyWithdrawn));
+    assert_eq!(rx.store().allocator().in_use(), 0);
+    // The event queue kept only the newest events.
+    assert!(rx.events_dropped() > 0);
+    assert_eq!(rx.take_events().count(), 4);
+    // Duplicate names are refused and change nothing.
+    assert_eq!(rx.set_keys(&[keys[0].clone(), keys[0].clone()], 5), Err(KeyError::Duplicate("k".into())));
+    assert!(rx.vm_status(vm_id_of("other")).unwrap().has_key);
+}
