@@ -15,6 +15,39 @@
 //! status writer      -> for s in rx.status() { ... }
 //! ```
 //!
+//! ```
+//! use resilire_proto::*;
+//! use resilire_receiver::*;
+//! use resilire_store::{HeapFrames, Store};
+//!
+//! let keys = [VmKey { name: "web1".into(), key: [7; 32] }];
+//! let cfg = ReceiverConfig { boot_material: [1; 32], ..ReceiverConfig::default() };
+//! let mut rx = Receiver::new(Store::new(HeapFrames::new(), 16 << 20), &keys, cfg).unwrap();
+//!
+//! // The primary (dom0 shim) names the VM by vm_id_of("web1").
+//! let mut primary = Session::primary(vm_id_of("web1"), Key([7; 32]), [0x11; 32]);
+//! let hello = primary.seal(&Message::Hello(Hello {
+//!     vm_uuid: [1; 16], name: "web1", mem_pages: 256, block_size: 64, group_id: 0,
+//!     features: 0, codec_id: CODEC_FGBI_V1, codec_params: &[], xl_config: "name = \"web1\"\n",
+//! })).unwrap();
+//!
+//! let conn = rx.accept(0);                       // TCP connection accepted
+//! let mut out = Vec::new();
+//! rx.on_bytes(conn, &hello, 0, &mut out).unwrap(); // bytes received; `out` goes back
+//! primary.feed(&out);
+//! let Some(Message::Welcome(w)) = primary.poll().unwrap() else { panic!() };
+//! assert_eq!(w.committed_epoch, None);            // nothing committed yet: full first epoch
+//!
+//! // A frame after WELCOME proves the primary live: it now owns the VM.
+//! out.clear();
+//! let hb = primary.seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+//! rx.on_bytes(conn, &hb, 5, &mut out).unwrap();
+//! let s = rx.vm_status(vm_id_of("web1")).unwrap();
+//! assert_eq!((s.state, s.last_heard_ms), (VmState::Syncing, Some(5)));
+//! rx.on_close(conn);                             // TCP closed
+//! assert_eq!(rx.vm_status(vm_id_of("web1")).unwrap().state, VmState::Idle);
+//! ```
+//!
 //! VM identity: the appliance's configuration names each protected VM by a string (its key's
 //! name under `resilire/config/keys/`); the wire protocol names it by a 64-bit id in the clear
 //! frame header, which selects the key. The two are tied by [`vm_id_of`] (a hash of the name),
