@@ -34,6 +34,8 @@ pub struct VmIdentity {
 pub struct EpochStats {
     /// Pages offered as dirty.
     pub dirty: u64,
+    /// Page records encoded (dirty pages whose content really changed).
+    pub records: u64,
     /// Bytes of codec output.
     pub encoded: u64,
     /// Bytes put on the wire (frames, including headers and tags).
@@ -141,8 +143,13 @@ impl Shipper {
     pub fn send_epoch(&mut self, image: &[u8], dirty: &[u64]) -> Result<EpochStats> {
         let epoch = self.next_epoch;
         let mut chunks: Vec<Vec<u8>> = Vec::new();
+        self.encoder.take_stats();
         self.encoder.encode_epoch(image, dirty.iter().copied(), &mut |c: &[u8]| chunks.push(c.to_vec()));
-        let mut st = EpochStats { dirty: dirty.len() as u64, ..EpochStats::default() };
+        let enc = self.encoder.take_stats();
+        // COMMIT counts the page records the epoch carries: dirty pages whose
+        // content did not change after all produce none.
+        let records = enc.pages_in - enc.pages_unchanged;
+        let mut st = EpochStats { dirty: dirty.len() as u64, records, ..EpochStats::default() };
         for (i, c) in chunks.iter().enumerate() {
             st.encoded += c.len() as u64;
             let m = Message::Epoch(EpochData { epoch, chunk_index: i as u32, data: c });
@@ -155,7 +162,7 @@ impl Shipper {
             }
         }
         st.chunks = chunks.len() as u32;
-        let commit = Message::Commit(Commit { epoch, chunks: st.chunks, pages: st.dirty, digest: [0; 32] });
+        let commit = Message::Commit(Commit { epoch, chunks: st.chunks, pages: st.records, digest: [0; 32] });
         let mut wire = 0;
         if let Err(e) = self.send(&commit, &mut wire) {
             self.encoder.abort_epoch();
