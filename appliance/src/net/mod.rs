@@ -38,15 +38,19 @@ const OUT_HIGH_WATER: usize = 256 * 1024;
 
 /// What runs on top of the TCP connections (the epoch receiver).
 pub trait Service {
-    /// A connection was established; returns its id.
-    fn accept(&mut self, now_ms: u64) -> u64;
+    /// A connection was established; returns its id (None: refused, the
+    /// connection is closed).
+    fn accept(&mut self, now_ms: u64) -> Option<u64>;
     /// Bytes arrived on `conn`; replies go to `out`. An error closes the
     /// connection (after `out` is sent).
     fn on_bytes(&mut self, conn: u64, data: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ()>;
-    /// More output for `conn` produced outside `on_bytes` (timers).
-    fn poll_output(&mut self, _conn: u64, _out: &mut Vec<u8>) {}
+    /// More output for `conn` produced outside `on_bytes` (timers, a newer
+    /// connection taking over). An error closes the connection after `out`.
+    fn poll_output(&mut self, conn: u64, out: &mut Vec<u8>) -> Result<(), ()>;
     /// The connection is gone.
     fn on_close(&mut self, conn: u64, now_ms: u64);
+    /// Runs the service's timers; returns when (ms, same clock) to call again.
+    fn timers(&mut self, now_ms: u64) -> Option<u64>;
 }
 
 struct Conn {
@@ -54,6 +58,8 @@ struct Conn {
     id: Option<u64>,
     out: Vec<u8>,
     out_off: usize,
+    bytes_in: u64,
+    bytes_out: u64,
     /// The service refused the connection: close once the output is sent.
     closing: bool,
 }
@@ -68,6 +74,9 @@ pub struct Net {
     address: Ipv4Address,
     prefix: u8,
     last_summary_ns: u64,
+    /// Polls, and how many found the event channel pending.
+    polls: u64,
+    polls_pending: u64,
 }
 
 fn now() -> Instant {
@@ -106,6 +115,8 @@ impl Net {
             address: cfg.address,
             prefix: cfg.prefix,
             last_summary_ns: time::now_ns(),
+            polls: 0,
+            polls_pending: 0,
         };
         net.apply(cfg);
         Ok(net)
@@ -143,11 +154,6 @@ impl Net {
         self.dev.nf.port()
     }
 
-    /// netfront's counters.
-    pub fn stats(&self) -> netfront::Stats {
-        self.dev.nf.stats
-    }
-
     /// Handles a watch event whose token is [`netfront::WATCH_TOKEN`].
     pub fn on_watch<T: Transport>(&mut self, xs: &mut Client<T>) {
         if self.dev.nf.on_backend_event(xs) && self.dev.nf.is_connected() {
@@ -178,7 +184,7 @@ impl Net {
             let mut s = new_tcp_socket();
             if s.listen(port).is_ok() {
                 let handle = self.sockets.add(s);
-                self.conns.push(Conn { handle, id: None, out: Vec::new(), out_off: 0, closing: false });
+                self.conns.push(Conn { handle, id: None, out: Vec::new(), out_off: 0, bytes_in: 0, bytes_out: 0, closing: false });
             }
         }
     }
@@ -186,12 +192,25 @@ impl Net {
     fn service_sockets(&mut self, svc: &mut dyn Service, now_ms: u64) {
         for c in self.conns.iter_mut() {
             let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
-            if c.id.is_none() && !c.closing && s.is_active() && s.state() != tcp::State::Listen {
-                let id = svc.accept(now_ms);
-                info!("net: connection {id} from {:?}", s.remote_endpoint());
-                c.id = Some(id);
+            // A connection is handed to the service once established (in
+            // SYN-RECEIVED, may_recv() is still false).
+            let established = matches!(s.state(), tcp::State::Established | tcp::State::CloseWait);
+            if c.id.is_none() && !c.closing && established {
                 c.out.clear();
                 c.out_off = 0;
+                c.bytes_in = 0;
+                c.bytes_out = 0;
+                match svc.accept(now_ms) {
+                    Some(id) => {
+                        info!("net: connection {id} from {:?}", s.remote_endpoint());
+                        c.id = Some(id);
+                    }
+                    None => {
+                        info!("net: connection from {:?} refused (no receiver)", s.remote_endpoint());
+                        s.abort();
+                        continue;
+                    }
+                }
             }
             let Some(id) = c.id else {
                 if c.closing && !s.is_open() {
@@ -202,24 +221,37 @@ impl Net {
             // input, unless the peer is not reading our output
             while !c.closing && s.can_recv() && c.out.len() - c.out_off < OUT_HIGH_WATER {
                 let out = &mut c.out;
-                let r = s.recv(|buf| (buf.len(), svc.on_bytes(id, buf, now_ms, out)));
+                let r = s.recv(|buf| (buf.len(), (buf.len(), svc.on_bytes(id, buf, now_ms, out))));
                 match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(())) => {
+                    Ok((n, Ok(()))) => c.bytes_in += n as u64,
+                    Ok((n, Err(()))) => {
+                        c.bytes_in += n as u64;
                         c.closing = true;
                     }
                     Err(_) => break,
                 }
             }
-            if !c.closing {
-                svc.poll_output(id, &mut c.out);
+            if !c.closing && svc.poll_output(id, &mut c.out).is_err() {
+                c.closing = true;
             }
             // output
             while c.out_off < c.out.len() && s.can_send() {
                 match s.send_slice(&c.out[c.out_off..]) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => c.out_off += n,
+                    Ok(n) => {
+                        c.out_off += n;
+                        c.bytes_out += n as u64;
+                    }
                 }
+            }
+            if c.out_off < c.out.len() {
+                log::debug!(
+                    "net: connection {id}: {} B of output waiting, state {}, can_send {}, send queue {}",
+                    c.out.len() - c.out_off,
+                    s.state(),
+                    s.can_send(),
+                    s.send_queue()
+                );
             }
             if c.out_off == c.out.len() {
                 c.out.clear();
@@ -234,7 +266,7 @@ impl Net {
                     s.close();
                 }
                 if !s.is_open() || !s.may_recv() {
-                    info!("net: connection {id} closed ({})", s.state());
+                    info!("net: connection {id} closed ({}): {} B in, {} B out", s.state(), c.bytes_in, c.bytes_out);
                     svc.on_close(id, now_ms);
                     c.id = None;
                     c.closing = s.is_open();
@@ -248,9 +280,15 @@ impl Net {
     /// One round of work: netfront, smoltcp, the service. Returns the Xen
     /// system time (ns) by which it must be called again at the latest.
     pub fn poll(&mut self, svc: &mut dyn Service) -> u64 {
+        self.polls += 1;
         if let Some(p) = self.port() {
+            if events::is_pending(p) {
+                self.polls_pending += 1;
+            }
             events::clear(p);
         }
+        let now_ms = time::uptime_ns() / 1_000_000;
+        let svc_deadline_ms = svc.timers(now_ms);
         for _ in 0..64 {
             let ts = now();
             self.iface.poll(ts, &mut self.dev, &mut self.sockets);
@@ -265,11 +303,16 @@ impl Net {
         let t = time::now_ns();
         if t - self.last_summary_ns >= 30_000_000_000 {
             self.last_summary_ns = t;
-            info!("net: {}", self.dev.nf.summary());
+            info!("net: {}; {} polls, {} with the channel pending", self.dev.nf.summary(), self.polls, self.polls_pending);
         }
-        match self.iface.poll_delay(now(), &self.sockets) {
+        let mut deadline = match self.iface.poll_delay(now(), &self.sockets) {
             Some(d) => t + d.total_micros().saturating_mul(1000).min(1_000_000_000),
             None => t + 1_000_000_000,
+        };
+        if let Some(ms) = svc_deadline_ms {
+            let at = t + ms.saturating_sub(now_ms).saturating_mul(1_000_000);
+            deadline = deadline.min(at);
         }
+        deadline
     }
 }

@@ -1,40 +1,346 @@
 //! The service on the TCP connections: the epoch receiver
-//! (`resilire_receiver::Receiver`) over the appliance's own frames, plus
-//! its per-VM status in xenstore.
+//! (`resilire_receiver::Receiver`) over a checkpoint store whose pages are
+//! the appliance's own machine frames, its per-VM status in xenstore, and
+//! the page directory of each committed image for dom0.
+//!
+//! Status per VM (name = the key's name under `resilire/config/keys/`):
+//! `resilire/status/vms/<name>/{state, committed_epoch, epochs_committed,
+//! bytes_received, last_heard_ms, pages, guest, last_error, pagedir}`; see
+//! appliance/CONFIG.md.
 
 use super::Service;
+use crate::pv::{mm, time};
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use resilire_appliance::config::Config;
+use log::{error, info, warn};
+use resilire_appliance::config::{Config, STATUS_DIR};
 use resilire_appliance::xenstore::{Client, Transport};
+use resilire_boot::abi::PAGE_SIZE;
+use resilire_receiver::{ConnId, EventKind, Level, Receiver, ReceiverConfig, VmKey};
+use resilire_store::{FrameAllocator, PageLocation, Store};
+
+/// The store's frames: page frames of the appliance (mm's allocator). A
+/// frame is named by its PFN inside the appliance; the number published in
+/// page directories is its machine frame number, which is what dom0 maps.
+pub struct ApplianceFrames;
+
+impl FrameAllocator for ApplianceFrames {
+    type Frame = u64;
+
+    fn alloc(&mut self) -> Option<u64> {
+        mm::alloc_frame().map(|f| f.pfn)
+    }
+
+    fn free(&mut self, pfn: u64) {
+        mm::free_frame(mm::Frame { pfn, mfn: 0, va: (pfn << 12) as *mut u8 });
+    }
+
+    fn data(&self, pfn: u64) -> &[u8; PAGE_SIZE] {
+        // SAFETY: `pfn` came from `alloc` and is not freed while the store
+        // holds it; every frame of the domain is mapped at pfn << 12.
+        unsafe { &*((pfn << 12) as *const [u8; PAGE_SIZE]) }
+    }
+
+    fn data_mut(&mut self, pfn: u64) -> &mut [u8; PAGE_SIZE] {
+        // SAFETY: as in `data`; the store is the frame's only user and
+        // borrows it through `&mut self`.
+        unsafe { &mut *((pfn << 12) as *mut [u8; PAGE_SIZE]) }
+    }
+
+    fn frame_number(&self, pfn: u64) -> u64 {
+        mm::pfn_to_mfn(pfn)
+    }
+}
+
+/// A published page directory: its frames (owned) and what it describes.
+struct PageDir {
+    frames: Vec<mm::Frame>,
+    epoch: u64,
+}
 
 /// The receiver and its xenstore publication.
 pub struct Receiving {
-    next_conn: u64,
+    rx: Option<Receiver<ApplianceFrames>>,
+    budget_mib: u32,
+    /// Last values written per VM and key (only changes are written).
+    written: BTreeMap<(String, &'static str), String>,
+    dirs: BTreeMap<u64, PageDir>,
+    /// One zero page that directories name for all-zero pages.
+    zero: Option<mm::Frame>,
+    /// VMs whose image changed (a commit) since the last publication.
+    dirty_dirs: Vec<u64>,
+    /// Something changed that the status should show.
+    status_dirty: bool,
+    last_status_ns: u64,
+}
+
+fn now_ms() -> u64 {
+    time::uptime_ns() / 1_000_000
+}
+
+fn keys_of(cfg: &Config) -> Vec<VmKey> {
+    cfg.keys.iter().map(|k| VmKey { name: k.vm_id.clone(), key: k.key }).collect()
 }
 
 impl Receiving {
     /// Nothing configured yet.
     pub fn new() -> Receiving {
-        Receiving { next_conn: 1 }
+        Receiving {
+            rx: None,
+            budget_mib: 0,
+            written: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            zero: None,
+            dirty_dirs: Vec::new(),
+            status_dirty: true,
+            last_status_ns: 0,
+        }
     }
 
-    /// Applies the configuration (keys, memory budget).
-    pub fn configure<T: Transport>(&mut self, _cfg: &Config, _xs: &mut Client<T>) {}
+    /// Applies the configuration: creates the receiver (store budget from
+    /// `memory-budget-mib`) or updates its keys.
+    pub fn configure<T: Transport>(&mut self, cfg: &Config, _xs: &mut Client<T>) {
+        let keys = keys_of(cfg);
+        match self.rx.as_mut() {
+            Some(rx) => {
+                if let Err(e) = rx.set_keys(&keys, now_ms()) {
+                    error!("receiver: keys refused: {e}");
+                }
+                if cfg.memory_budget_mib != self.budget_mib {
+                    warn!(
+                        "receiver: memory-budget-mib changed to {} MiB; applies at the next restart (now {} MiB)",
+                        cfg.memory_budget_mib, self.budget_mib
+                    );
+                }
+            }
+            None => {
+                let budget = cfg.memory_budget_mib as usize * 1024 * 1024;
+                let store = Store::new(ApplianceFrames, budget);
+                let mut material = [0u8; 32];
+                // Differs at every boot: the TSC and Xen's system time.
+                // SAFETY: rdtsc is always available to a PV guest.
+                let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+                material[..8].copy_from_slice(&tsc.to_le_bytes());
+                material[8..16].copy_from_slice(&time::now_ns().to_le_bytes());
+                let rcfg = ReceiverConfig { boot_material: material, ..ReceiverConfig::default() };
+                match Receiver::new(store, &keys, rcfg) {
+                    Ok(rx) => {
+                        info!("receiver: ready, store budget {} MiB, {} VM key(s)", cfg.memory_budget_mib, keys.len());
+                        self.rx = Some(rx);
+                        self.budget_mib = cfg.memory_budget_mib;
+                    }
+                    Err(e) => error!("receiver: {e}"),
+                }
+            }
+        }
+        self.status_dirty = true;
+    }
 
-    /// Publishes what changed after a round of network work.
-    pub fn after_poll<T: Transport>(&mut self, _xs: &mut Client<T>) {}
+    fn drain_events(&mut self) {
+        let Some(rx) = self.rx.as_mut() else { return };
+        for ev in rx.take_events() {
+            if let (EventKind::Committed { .. }, Some(vm)) = (&ev.kind, ev.vm) {
+                if !self.dirty_dirs.contains(&vm) {
+                    self.dirty_dirs.push(vm);
+                }
+            }
+            self.status_dirty = true;
+            match ev.level() {
+                Level::Warn => warn!("receiver: {ev}"),
+                Level::Info => info!("receiver: {ev}"),
+                Level::Debug => log::debug!("receiver: {ev}"),
+            }
+        }
+    }
 
-    /// Periodic status refresh.
-    pub fn publish<T: Transport>(&mut self, _xs: &mut Client<T>) {}
+    /// Publishes what changed after a round of network work: page
+    /// directories of newly committed images and the per-VM status (at
+    /// once after a change of state, otherwise at most once a second).
+    pub fn after_poll<T: Transport>(&mut self, xs: &mut Client<T>) {
+        self.drain_events();
+        for vm in core::mem::take(&mut self.dirty_dirs) {
+            self.publish_dir(xs, vm);
+        }
+        let t = time::now_ns();
+        if self.status_dirty || t.saturating_sub(self.last_status_ns) >= 1_000_000_000 {
+            self.publish(xs);
+        }
+    }
+
+    /// Writes the per-VM status (only values that changed).
+    pub fn publish<T: Transport>(&mut self, xs: &mut Client<T>) {
+        self.status_dirty = false;
+        self.last_status_ns = time::now_ns();
+        let Some(rx) = self.rx.as_ref() else { return };
+        let mut writes: Vec<(String, &'static str, String)> = Vec::new();
+        for s in rx.status() {
+            let name = s.name.to_string();
+            let vals: [(&'static str, String); 8] = [
+                ("state", s.state.as_str().to_string()),
+                ("committed_epoch", s.committed_epoch.map(|e| format!("{e}")).unwrap_or_default()),
+                ("epochs_committed", format!("{}", s.epochs_committed)),
+                ("bytes_received", format!("{}", s.bytes_received)),
+                ("last_heard_ms", s.last_heard_ms.map(|e| format!("{e}")).unwrap_or_default()),
+                ("pages", s.pages.map(|e| format!("{e}")).unwrap_or_default()),
+                ("guest", s.guest_name.to_string()),
+                ("last_error", s.last_error.unwrap_or("").to_string()),
+            ];
+            for (k, v) in vals {
+                if self.written.get(&(name.clone(), k)) != Some(&v) {
+                    writes.push((name.clone(), k, v));
+                }
+            }
+        }
+        if writes.is_empty() {
+            return;
+        }
+        let r = xs.transaction(8, |xs, tx| {
+            for (name, k, v) in &writes {
+                xs.write(tx, &format!("{STATUS_DIR}/vms/{name}/{k}"), v)?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => {
+                for (name, k, v) in writes {
+                    self.written.insert((name, k), v);
+                }
+            }
+            Err(e) => warn!("receiver: status: {e}"),
+        }
+    }
+
+    /// Builds and publishes VM `vm`'s page directory: frames holding the
+    /// machine frame numbers of the committed image's pages in pfn order
+    /// (512 little-endian u64 per frame), listed with the page count and the
+    /// epoch in one xenstore transaction. The previous directory's frames are
+    /// freed afterwards.
+    fn publish_dir<T: Transport>(&mut self, xs: &mut Client<T>, vm: u64) {
+        let t0 = time::now_ns();
+        let Some(rx) = self.rx.as_mut() else { return };
+        let Some(st) = rx.vm_status(vm) else { return };
+        let (name, Some(epoch), Some(pages)) = (st.name.to_string(), st.committed_epoch, st.pages) else { return };
+        if self.zero.is_none() {
+            self.zero = mm::alloc_frame().inspect(|f| {
+                // SAFETY: a fresh frame, mapped writable, owned here for good.
+                unsafe { core::ptr::write_bytes(f.va, 0, PAGE_SIZE) }
+            });
+        }
+        let Some(zero) = self.zero else {
+            error!("receiver: no frame left for the zero page");
+            return;
+        };
+        // Pages kept compressed have no frame: give them frames first.
+        let needs_frames = match rx.page_directory(vm) {
+            Ok(mut it) => it.any(|l| matches!(l, PageLocation::Compressed)),
+            Err(e) => {
+                warn!("receiver: page directory of {name}: {e}");
+                return;
+            }
+        };
+        if needs_frames {
+            if let Err(e) = rx.materialize(vm) {
+                warn!("receiver: materialising {name}: {e}");
+                return;
+            }
+        }
+        let n_dir = (pages as usize).div_ceil(512);
+        let mut frames = Vec::with_capacity(n_dir);
+        for _ in 0..n_dir {
+            match mm::alloc_frame() {
+                Some(f) => frames.push(f),
+                None => {
+                    error!("receiver: no frame left for {name}'s page directory");
+                    frames.into_iter().for_each(mm::free_frame);
+                    return;
+                }
+            }
+        }
+        let mut i = 0usize;
+        let it = match rx.page_directory(vm) {
+            Ok(it) => it,
+            Err(e) => {
+                warn!("receiver: page directory of {name}: {e}");
+                frames.into_iter().for_each(mm::free_frame);
+                return;
+            }
+        };
+        for loc in it {
+            let mfn = match loc {
+                PageLocation::Zero => zero.mfn,
+                PageLocation::Frame(n) => n,
+                PageLocation::Compressed => zero.mfn, // materialised above; never here
+            };
+            if i / 512 >= frames.len() {
+                break;
+            }
+            // SAFETY: directory frames are fresh, mapped writable, owned here.
+            unsafe { (frames[i / 512].va as *mut u64).add(i % 512).write(mfn.to_le()) };
+            i += 1;
+        }
+        // zero the unused tail of the last frame
+        while i < n_dir * 512 {
+            // SAFETY: as above.
+            unsafe { (frames[i / 512].va as *mut u64).add(i % 512).write(0) };
+            i += 1;
+        }
+        let list: Vec<String> = frames.iter().map(|f| format!("{:#x}", f.mfn)).collect();
+        let list = list.join(",");
+        let base = format!("{STATUS_DIR}/vms/{name}");
+        let r = xs.transaction(8, |xs, tx| {
+            xs.write(tx, &format!("{base}/pagedir"), &list)?;
+            xs.write(tx, &format!("{base}/pages"), &format!("{pages}"))?;
+            xs.write(tx, &format!("{base}/committed_epoch"), &format!("{epoch}"))
+        });
+        match r {
+            Ok(()) => {
+                self.written.insert((name.clone(), "pages"), format!("{pages}"));
+                self.written.insert((name.clone(), "committed_epoch"), format!("{epoch}"));
+                if let Some(old) = self.dirs.insert(vm, PageDir { frames, epoch }) {
+                    log::debug!("receiver: {name}: directory of epoch {} freed", old.epoch);
+                    old.frames.into_iter().for_each(mm::free_frame);
+                }
+                info!(
+                    "receiver: {name}: page directory of epoch {epoch} published ({pages} pages, {n_dir} directory frame(s), {} ms)",
+                    (time::now_ns() - t0) / 1_000_000
+                );
+            }
+            Err(e) => {
+                warn!("receiver: publishing {name}'s page directory: {e}");
+                frames.into_iter().for_each(mm::free_frame);
+            }
+        }
+    }
 }
 
 impl Service for Receiving {
-    fn accept(&mut self, _now_ms: u64) -> u64 {
-        self.next_conn += 1;
-        self.next_conn
+    fn accept(&mut self, now_ms: u64) -> Option<u64> {
+        self.rx.as_mut().map(|rx| rx.accept(now_ms).0)
     }
-    fn on_bytes(&mut self, _conn: u64, _data: &[u8], _now_ms: u64, _out: &mut Vec<u8>) -> Result<(), ()> {
-        Ok(())
+
+    fn on_bytes(&mut self, conn: u64, data: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ()> {
+        let Some(rx) = self.rx.as_mut() else { return Err(()) };
+        rx.on_bytes(ConnId(conn), data, now_ms, out).map_err(|e| {
+            info!("receiver: connection {conn} ends: {e}");
+        })
     }
-    fn on_close(&mut self, _conn: u64, _now_ms: u64) {}
+
+    fn poll_output(&mut self, conn: u64, out: &mut Vec<u8>) -> Result<(), ()> {
+        let Some(rx) = self.rx.as_mut() else { return Err(()) };
+        rx.poll_output(ConnId(conn), out).map_err(|e| {
+            info!("receiver: connection {conn} ends: {e}");
+        })
+    }
+
+    fn on_close(&mut self, conn: u64, _now_ms: u64) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.on_close(ConnId(conn));
+        }
+    }
+
+    fn timers(&mut self, now_ms: u64) -> Option<u64> {
+        self.rx.as_mut().and_then(|rx| rx.poll_timeouts(now_ms))
+    }
 }

@@ -348,6 +348,11 @@ pub struct Frame {
     pub va: *mut u8,
 }
 
+/// The machine frame backing `pfn` of this domain (`u64::MAX` if none).
+pub fn pfn_to_mfn(pfn: u64) -> u64 {
+    MEMORY.lock().as_ref().map_or(INVALID_MFN, |m| m.mfn(pfn))
+}
+
 /// Allocates one page frame for storage.
 pub fn alloc_frame() -> Option<Frame> {
     let mut g = MEMORY.lock();
