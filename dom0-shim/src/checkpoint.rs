@@ -10,7 +10,7 @@
 use crate::xen::{DomainInfo, ForeignMemory, LogDirty, XenCtrl};
 use crate::xenstore::Xenstore;
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Bytes of a guest page.
@@ -46,6 +46,8 @@ pub struct Epoch {
     pub number: u64,
     /// The frames written since the previous epoch, ascending.
     pub dirty: Vec<u64>,
+    /// The same as slots of the dense image (see [`Checkpointer::image`]).
+    pub dirty_slots: Vec<u64>,
     /// The HVM context at the suspend point.
     pub hvm_context: Vec<u8>,
     /// The pause this epoch cost the guest.
@@ -59,7 +61,12 @@ pub struct Checkpointer<'a> {
     xs: &'a Xenstore,
     domid: u32,
     log_dirty: LogDirty<'a>,
-    image: BTreeMap<u64, Box<[u8]>>,
+    /// The guest's populated frames, ascending: slot i of `image` is frame
+    /// `layout[i]`. An HVM/PVH guest's physical map has holes (MMIO, the
+    /// special pages near 4 GiB), so the image is kept dense.
+    layout: Vec<u64>,
+    slot: HashMap<u64, usize>,
+    image: Vec<u8>,
     epoch: u64,
 }
 
@@ -73,40 +80,81 @@ impl<'a> Checkpointer<'a> {
         }
         let log_dirty = xc.log_dirty(domid)?;
         let total = log_dirty.pages();
-        let mut cp = Checkpointer { xc, fm, xs, domid, log_dirty, image: BTreeMap::new(), epoch: 0 };
-        let all: Vec<u64> = (0..total).collect();
-        cp.copy_frames(&all, true)?;
+        let mut cp = Checkpointer {
+            xc,
+            fm,
+            xs,
+            domid,
+            log_dirty,
+            layout: Vec::new(),
+            slot: HashMap::new(),
+            image: Vec::new(),
+            epoch: 0,
+        };
+        cp.discover(total)?;
         Ok(cp)
     }
 
     /// Frames of guest memory held.
     pub fn pages(&self) -> usize {
-        self.image.len()
+        self.layout.len()
     }
 
-    /// Copies frames into the image; `discover` skips frames that do not map
-    /// (holes) instead of failing.
-    fn copy_frames(&mut self, pfns: &[u64], discover: bool) -> Result<()> {
-        for batch in pfns.chunks(MAP_BATCH) {
+    /// The dense image: the populated frames' contents in frame order.
+    pub fn image(&self) -> &[u8] {
+        &self.image
+    }
+
+    /// Which guest frame each slot of the image holds.
+    pub fn layout(&self) -> &[u64] {
+        &self.layout
+    }
+
+    /// Finds the populated frames among `0..total` (those that map) and
+    /// copies them while the guest runs: the first pre-copy round.
+    fn discover(&mut self, total: u64) -> Result<()> {
+        let all: Vec<u64> = (0..total).collect();
+        for batch in all.chunks(MAP_BATCH) {
             let m = self.fm.map(self.domid, batch)?;
             for (i, &pfn) in batch.iter().enumerate() {
-                match m.page(i) {
-                    Some(src) => match self.image.get_mut(&pfn) {
-                        Some(dst) => dst.copy_from_slice(src),
-                        None => {
-                            self.image.insert(pfn, src.to_vec().into_boxed_slice());
-                        }
-                    },
-                    None if discover => {}
-                    None => {
-                        // Dirty but unmappable: the guest gave the frame back
-                        // (ballooning). Forget it.
-                        self.image.remove(&pfn);
-                    }
+                if let Some(src) = m.page(i) {
+                    self.slot.insert(pfn, self.layout.len());
+                    self.layout.push(pfn);
+                    self.image.extend_from_slice(src);
                 }
             }
         }
+        if self.layout.is_empty() {
+            bail!("domain {} has no mappable memory", self.domid);
+        }
         Ok(())
+    }
+
+    /// Copies frames into the image. Returns their slots; frames outside the
+    /// layout (populated after the start) are reported as an error, as a
+    /// guest that changes its memory map cannot be checkpointed densely.
+    fn copy_frames(&mut self, pfns: &[u64]) -> Result<Vec<u64>> {
+        let mut slots = Vec::with_capacity(pfns.len());
+        for batch in pfns.chunks(MAP_BATCH) {
+            let m = self.fm.map(self.domid, batch)?;
+            for (i, &pfn) in batch.iter().enumerate() {
+                let slot = *self
+                    .slot
+                    .get(&pfn)
+                    .with_context(|| format!("frame {pfn:#x} was not populated when protection started"))?;
+                let src = m.page(i).with_context(|| format!("frame {pfn:#x} no longer maps (ballooned out?)"))?;
+                self.image[slot * PAGE..(slot + 1) * PAGE].copy_from_slice(src);
+                slots.push(slot as u64);
+            }
+        }
+        Ok(slots)
+    }
+
+    /// A live pre-copy round: copies what was dirtied since the last round
+    /// while the guest runs. Returns the slots copied.
+    pub fn precopy_round(&mut self) -> Result<Vec<u64>> {
+        let dirty: Vec<u64> = self.log_dirty.clean()?.pfns().collect();
+        self.copy_frames(&dirty)
     }
 
     /// Asks the guest to suspend and waits until it has.
@@ -137,8 +185,8 @@ impl<'a> Checkpointer<'a> {
         let t1 = Instant::now();
         let copied = self.log_dirty.clean().and_then(|bitmap| {
             let dirty: Vec<u64> = bitmap.pfns().collect();
-            self.copy_frames(&dirty, false)?;
-            Ok(dirty)
+            let slots = self.copy_frames(&dirty)?;
+            Ok((dirty, slots))
         });
         let t2 = Instant::now();
         let context = self.xc.hvm_context(self.domid);
@@ -147,7 +195,7 @@ impl<'a> Checkpointer<'a> {
         let t_resume = Instant::now();
         let resumed = self.xc.resume(self.domid, true).and_then(|_| self.xs.resume_domain(self.domid));
         let t3 = Instant::now();
-        let dirty = copied?;
+        let (dirty, dirty_slots) = copied?;
         let hvm_context = context?;
         extra?;
         resumed?;
@@ -155,6 +203,7 @@ impl<'a> Checkpointer<'a> {
         Ok(Epoch {
             number: self.epoch,
             dirty,
+            dirty_slots,
             hvm_context,
             pause: Pause { suspend: t1 - t0, copy: t2 - t1, resume: t3 - t_resume },
         })
@@ -179,15 +228,16 @@ impl<'a> Checkpointer<'a> {
     }
 
     fn compare_all(&mut self) -> Result<(usize, usize)> {
-        let pfns: Vec<u64> = self.image.keys().copied().collect();
+        let pfns = self.layout.clone();
         // (frame, bytes that differ)
         let mut differ: Vec<(u64, usize)> = Vec::new();
-        for batch in pfns.chunks(MAP_BATCH) {
+        for (b, batch) in pfns.chunks(MAP_BATCH).enumerate() {
             let m = self.fm.map(self.domid, batch)?;
             for (i, pfn) in batch.iter().enumerate() {
                 let live = m.page(i).with_context(|| format!("frame {pfn:#x} no longer maps"))?;
-                let held = &self.image[pfn];
-                if live != &held[..] {
+                let slot = b * MAP_BATCH + i;
+                let held = &self.image[slot * PAGE..(slot + 1) * PAGE];
+                if live != held {
                     let n = (0..PAGE).filter(|&o| live[o] != held[o]).count();
                     differ.push((*pfn, n));
                 }

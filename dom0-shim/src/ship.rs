@@ -51,6 +51,8 @@ pub struct Shipper {
     encoder: Encoder,
     /// Epoch number of the next epoch sent.
     next_epoch: u64,
+    /// Figures of the epoch being sent.
+    open: EpochStats,
     /// What WELCOME said.
     pub welcome: Welcome,
 }
@@ -92,6 +94,7 @@ impl Shipper {
             session,
             encoder,
             next_epoch: 1,
+            open: EpochStats::default(),
             welcome: Welcome { committed_epoch: None, features: 0, max_chunk: 0 },
         };
         sh.stream.write_all(&frame)?;
@@ -141,6 +144,14 @@ impl Shipper {
     /// Encodes and sends one epoch: the pages `dirty` (dense indices,
     /// ascending) of `image`, then COMMIT. Does not wait for the ACK.
     pub fn send_epoch(&mut self, image: &[u8], dirty: &[u64]) -> Result<EpochStats> {
+        self.send_pages(image, dirty)?;
+        self.commit()
+    }
+
+    /// Sends pages as part of the open epoch (no COMMIT yet): what the
+    /// initial synchronisation does with its live pre-copy rounds, which the
+    /// appliance stages until the consistent final round's COMMIT.
+    pub fn send_pages(&mut self, image: &[u8], dirty: &[u64]) -> Result<()> {
         let epoch = self.next_epoch;
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         self.encoder.take_stats();
@@ -148,21 +159,28 @@ impl Shipper {
         let enc = self.encoder.take_stats();
         // COMMIT counts the page records the epoch carries: dirty pages whose
         // content did not change after all produce none.
-        let records = enc.pages_in - enc.pages_unchanged;
-        let mut st = EpochStats { dirty: dirty.len() as u64, records, ..EpochStats::default() };
-        for (i, c) in chunks.iter().enumerate() {
-            st.encoded += c.len() as u64;
-            let m = Message::Epoch(EpochData { epoch, chunk_index: i as u32, data: c });
+        self.open.records += enc.pages_in - enc.pages_unchanged;
+        self.open.dirty += dirty.len() as u64;
+        for c in &chunks {
+            self.open.encoded += c.len() as u64;
+            let m = Message::Epoch(EpochData { epoch, chunk_index: self.open.chunks, data: c });
             let mut wire = 0;
             let r = self.send(&m, &mut wire);
-            st.wire += wire;
+            self.open.wire += wire;
             if let Err(e) = r {
                 self.encoder.abort_epoch();
                 return Err(e);
             }
+            self.open.chunks += 1;
         }
-        st.chunks = chunks.len() as u32;
-        let commit = Message::Commit(Commit { epoch, chunks: st.chunks, pages: st.records, digest: [0; 32] });
+        Ok(())
+    }
+
+    /// Sends COMMIT for the open epoch; returns its figures.
+    pub fn commit(&mut self) -> Result<EpochStats> {
+        let mut st = std::mem::take(&mut self.open);
+        let commit =
+            Message::Commit(Commit { epoch: self.next_epoch, chunks: st.chunks, pages: st.records, digest: [0; 32] });
         let mut wire = 0;
         if let Err(e) = self.send(&commit, &mut wire) {
             self.encoder.abort_epoch();

@@ -117,3 +117,22 @@ fn a_primary_with_another_key_is_refused() {
     let text = format!("{err:#}");
     assert!(text.contains("closed") || text.contains("refused") || text.contains("reading"), "{text}");
 }
+
+#[test]
+fn an_epoch_sent_in_rounds_commits_the_last_content() {
+    // The initial synchronisation: live pre-copy rounds go into epoch 1's
+    // staging, the final round overwrites pages sent earlier, then COMMIT.
+    let (addr, _rx) = serve();
+    let pages = 200u64;
+    let mut img = vec![0u8; pages as usize * PAGE];
+    mutate(&mut img, 1);
+    let mut sh = Shipper::connect(&addr, &vm(pages), KEY, 64, Duration::from_secs(10)).unwrap();
+    let all: Vec<u64> = (0..pages).collect();
+    sh.send_pages(&img, &all).unwrap();
+    let dirty = mutate(&mut img, 2);
+    sh.send_pages(&img, &dirty).unwrap();
+    let st = sh.commit().unwrap();
+    assert!(st.chunks >= 2, "{st:?}");
+    sh.wait_ack().unwrap();
+    assert_eq!(read_all(&mut sh, pages), img);
+}
