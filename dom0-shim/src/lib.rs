@@ -7,3 +7,4 @@ pub mod appliance;
 pub mod checkpoint;
 pub mod ship;
 pub mod netbench;
+pub mod protect;

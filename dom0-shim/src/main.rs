@@ -3,7 +3,7 @@
 //! Today: domain listing and live dirty-page rates through log-dirty. The
 //! protect/resume pipeline and the appliance commands build on these.
 
-use resilire_shim::{appliance, checkpoint, netbench, ship, xen, xenstore};
+use resilire_shim::{appliance, checkpoint, netbench, protect, ship, xen, xenstore};
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -15,6 +15,10 @@ const USAGE: &str = "usage: resilire-shim <command>
   checkpoint <domid|name> [--epochs N] [--interval-ms N] [--verify]
                                         cooperative checkpoints into dom0 memory, pause per epoch;
                                         --verify compares the copy with the suspended guest at the end
+  protect <dom> --backup IP:PORT --key HEX64|@FILE [--interval MS] [--epochs N] [--block-size B]
+                                        protect a running PVH guest: initial sync, then one
+                                        checkpoint per interval shipped to the appliance
+  status                                one line per VM protected from this host
   send-images <dir> --to IP:PORT --vm NAME|--vm-id N --key HEX64|@FILE [--block-size B] [--verify-read]
                                         ship a directory of equal-size raw memory images (sorted
                                         by name, one epoch each) as a protected VM would
@@ -45,6 +49,8 @@ fn run() -> Result<()> {
         Some("appliance") => cmd_appliance(&args[1..]),
         Some("checkpoint") => cmd_checkpoint(&args[1..]),
         Some("send-images") => cmd_send_images(&args[1..]),
+        Some("protect") => cmd_protect(&args[1..]),
+        Some("status") => protect::print_status(),
         Some("read-image") => cmd_read_image(&args[1..]),
         Some("net-sink") => netbench::sink(flag(&args[1..], "--port", 7790)? as u16),
         Some("net-blast") => {
@@ -361,4 +367,24 @@ fn cmd_read_image(args: &[String]) -> Result<()> {
         println!("read-image: equal to {cmp} byte for byte");
     }
     Ok(())
+}
+
+fn cmd_protect(args: &[String]) -> Result<()> {
+    let spec = args.first().context("protect needs a domain")?;
+    let xc = xen::XenCtrl::open()?;
+    let domid = resolve_domain(&xc, spec)?;
+    drop(xc);
+    let name = xenstore::Xenstore::open()?
+        .read(&format!("/local/domain/{domid}/name"))?
+        .unwrap_or_else(|| spec.to_string());
+    let o = protect::ProtectOptions {
+        domid,
+        name,
+        backup: opt(args, "--backup").context("--backup IP:PORT is required")?.to_string(),
+        key: parse_key(opt(args, "--key").context("--key is required")?)?,
+        interval: Duration::from_millis(flag(args, "--interval", 200)?),
+        epochs: opt(args, "--epochs").map(str::parse).transpose().context("--epochs")?,
+        block_size: flag(args, "--block-size", 64)? as usize,
+    };
+    protect::run(&o)
 }
