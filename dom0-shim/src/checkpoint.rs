@@ -174,12 +174,16 @@ impl<'a> Checkpointer<'a> {
 
     /// One checkpoint: suspend, copy what changed, capture the context, resume.
     pub fn capture_epoch(&mut self) -> Result<Epoch> {
-        self.capture_epoch_with(|_| Ok(()))
+        self.capture_epoch_with(|_, _| Ok(()))
     }
 
     /// A checkpoint that also runs `at_suspend_point` on the fresh image
-    /// while the guest is still suspended (verification, a final copy).
-    fn capture_epoch_with(&mut self, at_suspend_point: impl FnOnce(&mut Self) -> Result<()>) -> Result<Epoch> {
+    /// (with the epoch's dirty slots) while the guest is still suspended:
+    /// verification, shipping a final epoch.
+    pub fn capture_epoch_with(
+        &mut self,
+        at_suspend_point: impl FnOnce(&mut Self, &[u64]) -> Result<()>,
+    ) -> Result<Epoch> {
         let t0 = Instant::now();
         self.suspend()?;
         let t1 = Instant::now();
@@ -190,7 +194,13 @@ impl<'a> Checkpointer<'a> {
         });
         let t2 = Instant::now();
         let context = self.xc.hvm_context(self.domid);
-        let extra = if copied.is_ok() { at_suspend_point(self) } else { Ok(()) };
+        let extra = match &copied {
+            Ok((_, slots)) => {
+                let slots = slots.clone();
+                at_suspend_point(self, &slots)
+            }
+            Err(_) => Ok(()),
+        };
         // Resume whatever happened above: a guest left suspended is down.
         let t_resume = Instant::now();
         let resumed = self.xc.resume(self.domid, true).and_then(|_| self.xs.resume_domain(self.domid));
@@ -216,7 +226,7 @@ impl<'a> Checkpointer<'a> {
     /// failed. Returns (pages compared, pages changed by backends).
     pub fn verify_against_guest(&mut self) -> Result<(usize, usize)> {
         let mut outcome = (0, 0);
-        let epoch = self.capture_epoch_with(|cp| {
+        let epoch = self.capture_epoch_with(|cp, _| {
             outcome = cp.compare_all()?;
             Ok(())
         })?;
@@ -272,6 +282,23 @@ impl<'a> Checkpointer<'a> {
 /// log-dirty's back: see `compare_all`.
 const MAX_PVCLOCK_FRAMES: usize = 4;
 const MAX_PVCLOCK_BYTES: usize = 16;
+
+impl Checkpointer<'_> {
+    /// Compares `remote` (the backup's committed image, dense, in slot
+    /// order) with the guest's memory as it is now, frame by frame: meant to
+    /// run at a suspend point. Frames Xen writes behind log-dirty's back are
+    /// tolerated as in `compare_all`. Returns the pages compared.
+    pub fn compare_remote(&mut self, remote: &[u8]) -> Result<usize> {
+        if remote.len() != self.image.len() {
+            anyhow::bail!("the backup's image has {} bytes, the guest {}", remote.len(), self.image.len());
+        }
+        let saved = std::mem::replace(&mut self.image, remote.to_vec());
+        let r = self.compare_all();
+        self.image = saved;
+        let (n, _) = r?;
+        Ok(n)
+    }
+}
 
 /// Median and 99th percentile of a list of durations.
 pub fn median_p99(mut v: Vec<Duration>) -> (Duration, Duration) {

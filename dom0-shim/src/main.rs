@@ -15,7 +15,7 @@ const USAGE: &str = "usage: resilire-shim <command>
   checkpoint <domid|name> [--epochs N] [--interval-ms N] [--verify]
                                         cooperative checkpoints into dom0 memory, pause per epoch;
                                         --verify compares the copy with the suspended guest at the end
-  protect <dom> --backup IP:PORT --key HEX64|@FILE [--interval MS] [--epochs N] [--block-size B]
+  protect <dom> --backup IP:PORT --key HEX64|@FILE [--interval MS] [--epochs N] [--block-size B] [--final-check]
                                         protect a running PVH guest: initial sync, then one
                                         checkpoint per interval shipped to the appliance
   status                                one line per VM protected from this host
@@ -385,6 +385,7 @@ fn cmd_protect(args: &[String]) -> Result<()> {
         interval: Duration::from_millis(flag(args, "--interval", 200)?),
         epochs: opt(args, "--epochs").map(str::parse).transpose().context("--epochs")?,
         block_size: flag(args, "--block-size", 64)? as usize,
+        final_check: args.iter().any(|a| a == "--final-check"),
     };
     protect::run(&o)
 }

@@ -28,6 +28,10 @@ pub struct ProtectOptions {
     pub epochs: Option<u64>,
     /// Codec block size.
     pub block_size: usize,
+    /// At the end, ship a last epoch with the guest held at its suspend
+    /// point and compare the backup's committed image (read back through
+    /// the protocol) with the guest's memory, byte for byte.
+    pub final_check: bool,
 }
 
 /// Where `status` finds the protected VMs' last figures.
@@ -126,9 +130,36 @@ pub fn run(o: &ProtectOptions) -> Result<()> {
         median.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );
-    if let Some(sh) = shipper {
+    if let Some(mut sh) = shipper {
+        if o.final_check {
+            final_check(&mut cp, &mut sh)?;
+        }
         sh.close()?;
     }
+    Ok(())
+}
+
+/// The last epoch, shipped and acknowledged while the guest stays suspended,
+/// then the backup's image read back and compared with the guest's memory.
+fn final_check(cp: &mut Checkpointer, sh: &mut Shipper) -> Result<()> {
+    let pages = cp.pages() as u64;
+    let mut outcome = Ok(0);
+    let epoch = sh.next_epoch();
+    cp.capture_epoch_with(|cp, slots| {
+        sh.send_epoch(cp.image(), slots)?;
+        sh.wait_ack()?;
+        let mut remote = Vec::with_capacity(cp.image().len());
+        let mut first = 0u64;
+        while first < pages {
+            let n = (pages - first).min(u64::from(resilire_proto::MAX_READ_PAGES)) as u32;
+            remote.extend(sh.read_pages(first, n)?);
+            first += u64::from(n);
+        }
+        outcome = cp.compare_remote(&remote);
+        Ok(())
+    })?;
+    let n = outcome?;
+    println!("protect: final check: epoch {epoch} committed at the backup equals the suspended guest's memory ({n} pages)");
     Ok(())
 }
 
