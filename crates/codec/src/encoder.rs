@@ -141,6 +141,10 @@ pub struct Encoder {
     next_pfn: u64,
     kinds: Vec<Kind>,
     hashes: Vec<u64>,
+    /// Byte mask of the current page (bit set: byte differs from the shadow).
+    dmask: Box<[u64; PAGE_SIZE / 64]>,
+    /// Differing bytes per block of the current page.
+    dcount: Vec<u32>,
     stats: EncodeStats,
 }
 
@@ -153,31 +157,28 @@ impl std::fmt::Debug for Encoder {
     }
 }
 
-/// Whether two equal-length blocks differ, and whether the second is all zeros (one pass over
-/// 64-bit words; vectorised by the compiler).
+/// Whether a block is all zeros (16 bytes at a time).
 #[inline]
-fn block_diff(o: &[u8], n: &[u8]) -> (bool, bool) {
-    let mut acc = 0u64;
-    let mut nz = 0u64;
-    for (x, y) in o.chunks_exact(8).zip(n.chunks_exact(8)) {
-        let y = u64::from_ne_bytes(y.try_into().unwrap_or([0; 8]));
-        acc |= u64::from_ne_bytes(x.try_into().unwrap_or([0; 8])) ^ y;
-        nz |= y;
+fn is_zero(n: &[u8]) -> bool {
+    let mut nz = 0u128;
+    for y in n.chunks_exact(16) {
+        nz |= u128::from_ne_bytes(y.try_into().unwrap_or([0; 16]));
     }
-    (acc != 0, nz == 0)
+    nz == 0
 }
 
-/// Number of differing bytes between two equal-length blocks.
+/// Number of differing bytes of block `b` (of `bs` bytes) from the page's byte mask.
 #[inline]
-fn diff_bytes(a: &[u8], b: &[u8]) -> usize {
-    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let mut n = 0;
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        let w = u64::from_le_bytes(x.try_into().unwrap_or([0; 8]))
-            ^ u64::from_le_bytes(y.try_into().unwrap_or([0; 8]));
-        n += ((((w & LO7) + LO7) | w) & !LO7).count_ones() as usize;
+fn block_diff_count(m: &[u64; PAGE_SIZE / 64], b: usize, bs: usize) -> usize {
+    if bs == 64 {
+        m[b % (PAGE_SIZE / 64)].count_ones() as usize
+    } else if bs > 64 {
+        let w = b * bs / 64;
+        m[w..w + bs / 64].iter().map(|x| x.count_ones() as usize).sum()
+    } else {
+        let bit = b * bs;
+        ((m[bit / 64] >> (bit % 64)) & ((1u64 << bs) - 1)).count_ones() as usize
     }
-    n
 }
 
 /// zstd-compresses `src` into `zout`; returns the frame size without its magic number.
@@ -189,22 +190,19 @@ fn compress(zc: &mut zstd::bulk::Compressor<'static>, src: &[u8], zout: &mut Vec
     }
 }
 
-/// Appends a delta op (PATCH or XOR) for the blocks `old` → `new`, or a LIT op if the delta
-/// would not be smaller; returns whether LIT was used.
-fn put_delta(ops: &mut Vec<u8>, old: &[u8], new: &[u8], bs: usize, patch: bool) -> bool {
-    let n = new.len() / bs;
+/// Appends a delta op (PATCH or XOR) for the blocks `b..e` of the page `old` → `new` (byte
+/// mask `m`), or a LIT op if the delta would not be smaller; returns whether LIT was used.
+#[allow(clippy::too_many_arguments)]
+fn put_delta(ops: &mut Vec<u8>, old: &[u8], new: &[u8], m: &[u64], b: usize, e: usize, bs: usize, patch: bool) -> bool {
+    let n = e - b;
     let start = ops.len();
     put_op(ops, if patch { op::PATCH } else { op::XOR }, n);
     let body = ops.len();
-    if patch {
-        zrle::encode_patch(old, new, ops);
-    } else {
-        zrle::encode_xor(old, new, ops);
-    }
-    if ops.len() - body >= new.len() {
+    zrle::encode_masked(old, new, m, b * bs, e * bs, ops, !patch);
+    if ops.len() - body >= n * bs {
         ops.truncate(start);
         put_op(ops, op::LIT, n);
-        ops.extend_from_slice(new);
+        ops.extend_from_slice(&new[b * bs..e * bs]);
         true
     } else {
         false
@@ -261,6 +259,8 @@ impl Encoder {
             next_pfn: 0,
             kinds: vec![Kind::Skip; bpp],
             hashes: vec![0; bpp],
+            dmask: Box::new([0; PAGE_SIZE / 64]),
+            dcount: vec![0; bpp],
             stats: EncodeStats::default(),
         })
     }
@@ -294,6 +294,8 @@ impl Encoder {
                 + self.batch.capacity()
                 + self.kinds.capacity() * std::mem::size_of::<Kind>()
                 + self.hashes.capacity() * 8
+                + PAGE_SIZE / 8
+                + self.dcount.capacity() * 4
                 + self.cands.capacity() * 8,
         }
     }
@@ -320,26 +322,41 @@ impl Encoder {
         let base = pfn as usize * PAGE_SIZE;
         let bs = self.bs;
         let bpp = self.bpp;
-        // 1. One pass over the page: changed blocks, zero blocks.
-        let mut changed = 0usize;
-        let mut all_zero = true;
+        // 1. One pass over the page: the mask of changed bytes, then per block whether it
+        // changed and (only for changed blocks) whether it became zero.
+        // Blocks are tracked as bit masks (at most 128 blocks a page) so that the later passes
+        // visit changed blocks only.
+        let mut cmask = 0u128;
+        let mut zmask = 0u128;
         {
             let old = &self.shadow[base..base + PAGE_SIZE];
-            for (b, (o, n)) in old.chunks_exact(bs).zip(page.chunks_exact(bs)).enumerate() {
-                let (differs, zero) = block_diff(o, n);
-                all_zero &= zero;
-                self.kinds[b] = match (differs, zero) {
-                    (false, _) => Kind::Skip,
-                    (true, true) => Kind::Zero,
-                    (true, false) => Kind::Xor,
+            zrle::diff_mask(old, page, &mut self.dmask[..]);
+            for b in 0..bpp {
+                let d = block_diff_count(&self.dmask, b, bs);
+                self.dcount[b] = d as u32;
+                cmask |= u128::from(d != 0) << b;
+            }
+            self.kinds.fill(Kind::Skip);
+            let mut m = cmask;
+            while m != 0 {
+                let b = m.trailing_zeros() as usize;
+                m &= m - 1;
+                self.kinds[b] = if is_zero(&page[b * bs..(b + 1) * bs]) {
+                    zmask |= 1 << b;
+                    Kind::Zero
+                } else {
+                    Kind::Xor
                 };
-                changed += usize::from(differs);
             }
         }
+        let changed = cmask.count_ones() as usize;
+        let changed_zero = zmask.count_ones() as usize;
+        let mut hmask = 0u128;
         if changed == 0 {
             self.stats.pages_unchanged += 1;
             return;
         }
+        let all_zero = changed_zero == changed && is_zero(page);
         self.stats.blocks_changed += changed as u64;
         if pfn < self.next_pfn {
             self.flush(emit);
@@ -363,17 +380,16 @@ impl Encoder {
             // Blocks with only a few changed bytes (counters, pointers) are neither looked up
             // nor indexed: a delta is as small as a reference for them, and skipping them saves
             // most random index accesses. Hash 0 marks them.
-            for b in 0..bpp {
-                self.hashes[b] = 0;
-                if self.kinds[b] != Kind::Xor {
-                    continue;
-                }
-                let o = &self.shadow[base + b * bs..base + (b + 1) * bs];
+            let mut m = cmask & !zmask;
+            while m != 0 {
+                let b = m.trailing_zeros() as usize;
+                m &= m - 1;
                 let n = &page[b * bs..(b + 1) * bs];
-                let d = diff_bytes(o, n);
+                let d = self.dcount[b] as usize;
                 if d < REF_MIN_DIFF {
                     continue;
                 }
+                hmask |= 1 << b;
                 if d * DENSE_DEN >= bs * DENSE_NUM {
                     // Entirely new content: literal, unless a reference is found below.
                     self.kinds[b] = Kind::Lit;
@@ -382,11 +398,11 @@ impl Encoder {
                 self.hashes[b] = h;
                 self.cands[b] = self.index[self.slot(h)];
             }
-            for b in 0..bpp {
+            let mut m = hmask;
+            while m != 0 {
+                let b = m.trailing_zeros() as usize;
+                m &= m - 1;
                 let h = self.hashes[b];
-                if h == 0 {
-                    continue;
-                }
                 let cand = self.cands[b];
                 if cand as u32 == EMPTY || (cand >> 32) as u32 != (h >> 32) as u32 {
                     continue;
@@ -461,9 +477,8 @@ impl Encoder {
                     }
                     Kind::Xor => {
                         let start = self.ops.len();
-                        let o = &self.shadow[base + b * bs..base + e * bs];
-                        let nw = &page[b * bs..e * bs];
-                        let lit = put_delta(&mut self.ops, o, nw, bs, self.cfg.patch);
+                        let o = &self.shadow[base..base + PAGE_SIZE];
+                        let lit = put_delta(&mut self.ops, o, page, &self.dmask[..], b, e, bs, self.cfg.patch);
                         if lit && self.kinds[b..e].contains(&Kind::Skip) {
                             // Mostly new content: literal blocks, but keep the unchanged
                             // blocks of the run as skips.
@@ -478,8 +493,8 @@ impl Encoder {
                                 if skip {
                                     put_op(&mut self.ops, op::SKIP, j - i);
                                 } else {
-                                    let o = &self.shadow[base + i * bs..base + j * bs];
-                                    put_delta(&mut self.ops, o, &page[i * bs..j * bs], bs, self.cfg.patch);
+                                    let o = &self.shadow[base..base + PAGE_SIZE];
+                                    put_delta(&mut self.ops, o, page, &self.dmask[..], i, j, bs, self.cfg.patch);
                                 }
                                 i = j;
                             }
@@ -550,26 +565,22 @@ impl Encoder {
         }
 
         // 5. Update undo log, shadow and index, run by run of changed blocks.
-        let mut b = 0;
-        while b < bpp {
-            if self.kinds[b] == Kind::Skip {
-                b += 1;
-                continue;
-            }
-            let mut e = b;
-            while e < bpp && self.kinds[e] != Kind::Skip {
-                let h = self.hashes[e];
-                if !all_zero && h != 0 {
+        let mut m = cmask;
+        while m != 0 {
+            let b = m.trailing_zeros() as usize;
+            let e = b + (!(m >> b)).trailing_zeros() as usize;
+            m = if e >= 128 { 0 } else { m & (!0u128 << e) };
+            for blk in b..e {
+                if hmask >> blk & 1 != 0 {
+                    let h = self.hashes[blk];
                     let s = self.slot(h);
-                    self.index[s] = (h >> 32) << 32 | (first_blk + e as u64);
+                    self.index[s] = (h >> 32) << 32 | (first_blk + blk as u64);
                 }
-                self.undo_blocks.push((first_blk + e as u64) as u32);
-                e += 1;
+                self.undo_blocks.push((first_blk + blk as u64) as u32);
             }
             let r = base + b * bs..base + e * bs;
             self.undo_data.extend_from_slice(&self.shadow[r.clone()]);
             self.shadow[r].copy_from_slice(&page[b * bs..e * bs]);
-            b = e;
         }
     }
 

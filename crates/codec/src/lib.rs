@@ -295,6 +295,140 @@ pub mod zrle {
         }
     }
 
+    /// Sets bit `i % 64` of `mask[i / 64]` when `a[i] != b[i]`, clears it otherwise, for every
+    /// `i` below the common length of `a` and `b` (a multiple of 8, at most `64 * mask.len()`).
+    /// Eight bytes at a time: a SWAR test of each byte of the XOR, gathered by one multiply.
+    pub fn diff_mask(a: &[u8], b: &[u8], mask: &mut [u64]) {
+        let n = a.len().min(b.len()).min(mask.len() * 64);
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut ac = a.chunks_exact(64);
+        let mut bc = b.chunks_exact(64);
+        let mut w = 0;
+        for (x, y) in (&mut ac).zip(&mut bc) {
+            // Fast path for equal 64-byte stretches: one wide compare.
+            let x: &[u8; 64] = x.try_into().unwrap_or(&[0; 64]);
+            let y: &[u8; 64] = y.try_into().unwrap_or(&[0; 64]);
+            mask[w] = if eq64(x, y) { 0 } else { word_mask(x, y) };
+            w += 1;
+        }
+        let (x, y) = (ac.remainder(), bc.remainder());
+        if !x.is_empty() {
+            let mut bits = 0u64;
+            for (k, (x, y)) in x.chunks_exact(8).zip(y.chunks_exact(8)).enumerate() {
+                bits |= byte_mask8(x, y) << (8 * k);
+            }
+            mask[w] = bits;
+        }
+    }
+
+    /// Whether two 64-byte stretches are equal (four 16-byte compares, no call).
+    #[inline]
+    fn eq64(x: &[u8; 64], y: &[u8; 64]) -> bool {
+        let mut acc = 0u128;
+        for k in 0..4 {
+            acc |= u128::from_ne_bytes(x[16 * k..16 * k + 16].try_into().unwrap_or([0; 16]))
+                ^ u128::from_ne_bytes(y[16 * k..16 * k + 16].try_into().unwrap_or([0; 16]));
+        }
+        acc == 0
+    }
+
+    /// Mask of the differing bytes of two 8-byte slices (bit k: byte k differs).
+    #[inline]
+    fn byte_mask8(x: &[u8], y: &[u8]) -> u64 {
+        const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const GATHER: u64 = 0x0102_0408_1020_4080;
+        let x = u64::from_le_bytes(x.try_into().unwrap_or([0; 8])) ^ u64::from_le_bytes(y.try_into().unwrap_or([0; 8]));
+        // 0x01 in every byte of x that is not zero, gathered into the top byte by one multiply.
+        let t = ((((x & LO7).wrapping_add(LO7)) | x) >> 7) & ONES;
+        t.wrapping_mul(GATHER) >> 56
+    }
+
+    #[inline]
+    fn word_mask(x: &[u8; 64], y: &[u8; 64]) -> u64 {
+        let mut bits = 0u64;
+        for k in 0..8 {
+            bits |= byte_mask8(&x[8 * k..8 * k + 8], &y[8 * k..8 * k + 8]) << (8 * k);
+        }
+        bits
+    }
+
+    /// First position in `from..end` whose bit is set in `m`, or `end`.
+    #[inline]
+    fn next_one(m: &[u64], from: usize, end: usize) -> usize {
+        let mut w = from / 64;
+        let mut bits = m.get(w).copied().unwrap_or(0) & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                return (w * 64 + bits.trailing_zeros() as usize).min(end);
+            }
+            w += 1;
+            if w * 64 >= end {
+                return end;
+            }
+            bits = m.get(w).copied().unwrap_or(0);
+        }
+    }
+
+    /// Bits of word `w` of the "equal byte" mask, with positions at or beyond `end` counted equal.
+    #[inline]
+    fn eq_word(m: &[u64], w: usize, end: usize) -> u64 {
+        let s = w * 64;
+        if s >= end {
+            return !0;
+        }
+        let e = !m.get(w).copied().unwrap_or(0);
+        if end - s >= 64 {
+            e
+        } else {
+            e | (!0u64 << (end - s))
+        }
+    }
+
+    /// First position `p` in `from..end` where bytes `p`, `p+1`, `p+2` are all equal (bytes at
+    /// or beyond `end` count as equal), or `end`.
+    #[inline]
+    fn next_stop(m: &[u64], from: usize, end: usize) -> usize {
+        if from >= end {
+            return end;
+        }
+        let mut w = from / 64;
+        let mut e = eq_word(m, w, end);
+        let mut lo = !0u64 << (from % 64);
+        loop {
+            let nx = eq_word(m, w + 1, end);
+            let stop = e & ((e >> 1) | (nx << 63)) & ((e >> 2) | (nx << 62)) & lo;
+            if stop != 0 {
+                return (w * 64 + stop.trailing_zeros() as usize).min(end);
+            }
+            w += 1;
+            if w * 64 >= end {
+                return end;
+            }
+            e = nx;
+            lo = !0;
+        }
+    }
+
+    /// The delta of bytes `s..e` of `old` → `new` (XOR values if `xor`, else the new bytes), the
+    /// same bytes as [`encode_xor`] / [`encode_patch`] of `old[s..e]`, `new[s..e]`, from the
+    /// byte mask `m` of [`diff_mask`] over the whole of `old` and `new` (the run boundaries are
+    /// found with bit scans instead of byte compares).
+    pub fn encode_masked(old: &[u8], new: &[u8], m: &[u64], s: usize, e: usize, out: &mut Vec<u8>, xor: bool) {
+        let mut i = s;
+        while i < e {
+            let zs = i;
+            let ls = next_one(m, i, e);
+            if ls >= e {
+                put_pair(out, old, new, zs, e, e, xor);
+                break;
+            }
+            let le = next_stop(m, ls + 1, e);
+            put_pair(out, old, new, zs, ls, le, xor);
+            i = le;
+        }
+    }
+
     /// Reads a delta covering `target.len()` bytes from `cur` and XORs it into `target`.
     pub fn apply_xor(cur: &mut Cursor<'_>, target: &mut [u8]) -> Result<(), Malformed> {
         apply(cur, target, true)

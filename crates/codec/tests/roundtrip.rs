@@ -188,4 +188,34 @@ proptest! {
             prop_assert!(back == new);
         }
     }
+
+    #[test]
+    fn masked_zero_run_coding_equals_the_byte_coder(
+        old in prop::collection::vec(any::<u8>(), 4096..=4096),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 1..12usize), 0..80),
+        range in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+        shared in any::<bool>(),
+    ) {
+        // Pages that mostly agree (shared) or differ everywhere except the edits.
+        let mut new = if shared { old.clone() } else { old.iter().map(|b| b.wrapping_add(1)).collect() };
+        for (at, b, len) in &edits {
+            let s = at.index(new.len());
+            let e = (s + len).min(new.len());
+            if shared { new[s..e].fill(*b) } else { new[s..e].copy_from_slice(&old[s..e]) }
+        }
+        let mut m = [0u64; 64];
+        resilire_codec::zrle::diff_mask(&old, &new, &mut m);
+        for i in 0..4096 {
+            prop_assert_eq!(m[i / 64] >> (i % 64) & 1 == 1, old[i] != new[i]);
+        }
+        let (a, b) = (range.0.index(4097), range.1.index(4097));
+        let (s, e) = (a.min(b), a.max(b));
+        for xor in [false, true] {
+            let mut want = Vec::new();
+            if xor { resilire_codec::zrle::encode_xor(&old[s..e], &new[s..e], &mut want) } else { resilire_codec::zrle::encode_patch(&old[s..e], &new[s..e], &mut want) }
+            let mut got = Vec::new();
+            resilire_codec::zrle::encode_masked(&old, &new, &m, s, e, &mut got, xor);
+            prop_assert!(got == want, "range {}..{} xor {}", s, e, xor);
+        }
+    }
 }

@@ -1,73 +1,85 @@
-//! Profiling aid: encodes one steady-state epoch of `<dir>` repeatedly (encode, abort, again)
-//! and prints the encode throughput. `cargo run --release --example encprof -- <dir> [reps]`.
+//! Profiling aid: replays the images of `<dir>` through the FGBI encoder only (no decoder, no
+//! baselines) `reps` times, and prints steady-state encode throughput, memcpy throughput of the
+//! same dirty pages, and output bytes. `cargo run --release --example encprof -- <dir> [reps] [max images]`.
 use resilire_codec::{Encoder, EncoderConfig, PAGE_SIZE};
 use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::Path::new(&args[1]);
-    let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let max: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+    let inner: usize = std::env::var("ENCPROF_INNER").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let files = resilire_bench::image_files(dir).unwrap();
-    let a = resilire_bench::read_image(&files[0]).unwrap();
-    let b = resilire_bench::read_image(&files[1]).unwrap();
-    let c = resilire_bench::read_image(&files[2]).unwrap();
-    let pages = a.len() / PAGE_SIZE;
-    let mut enc = Encoder::new(EncoderConfig::default(), pages as u64).unwrap();
-    enc.encode_epoch(&a, 0..pages as u64, &mut |_| {});
-    enc.commit_epoch();
-    let d1: Vec<u64> = (0..pages).filter(|&p| a[p * PAGE_SIZE..][..PAGE_SIZE] != b[p * PAGE_SIZE..][..PAGE_SIZE]).map(|p| p as u64).collect();
-    enc.encode_epoch(&b, d1.iter().copied(), &mut |_| {});
-    enc.commit_epoch();
-    let d2: Vec<u64> = (0..pages).filter(|&p| b[p * PAGE_SIZE..][..PAGE_SIZE] != c[p * PAGE_SIZE..][..PAGE_SIZE]).map(|p| p as u64).collect();
-    enc.take_stats();
-    let mut out = 0usize;
-    let mut best = f64::MAX;
-    let t = Instant::now();
-    for _ in 0..reps {
-        let t1 = Instant::now();
-        enc.encode_epoch(&c, d2.iter().copied(), &mut |ch| out += ch.len());
-        best = best.min(t1.elapsed().as_secs_f64());
-        enc.abort_epoch();
+    let files = &files[..files.len().min(max)];
+    let mut imgs: Vec<Vec<u8>> = Vec::new();
+    for f in files {
+        let img = resilire_bench::read_image_after(f, imgs.last().map(|v| &v[..])).unwrap();
+        imgs.push(img);
     }
-    let s = t.elapsed().as_secs_f64();
-    println!("best rep: encode {:.3} GB/s", (d2.len() * PAGE_SIZE) as f64 / best / 1e9);
-    println!("{:?}", enc.take_stats());
-    let bytes = (d2.len() * PAGE_SIZE * reps) as f64;
-    println!("{} dirty pages, {} B out/epoch, encode {:.3} GB/s", d2.len(), out / reps, bytes / s / 1e9);
-    // Raw (uncompressed) FGBI stream of the same epoch, to probe zstd's speed on it.
-    let mut xb = Vec::new();
-    for &p in &d2 {
-        let p = p as usize;
-        resilire_codec::zrle::encode_patch(&b[p * PAGE_SIZE..][..PAGE_SIZE], &c[p * PAGE_SIZE..][..PAGE_SIZE], &mut xb);
-    }
-    zstd_probe(&xb);
-    let mut buf = vec![0u8; d2.len() * PAGE_SIZE];
-    let mut best = f64::MAX;
-    let t = Instant::now();
+    let pages = imgs[0].len() / PAGE_SIZE;
+    let dirty: Vec<Vec<u64>> = (1..imgs.len())
+        .map(|e| {
+            (0..pages)
+                .filter(|&p| imgs[e - 1][p * PAGE_SIZE..][..PAGE_SIZE] != imgs[e][p * PAGE_SIZE..][..PAGE_SIZE])
+                .map(|p| p as u64)
+                .collect()
+        })
+        .collect();
+    let dirty_bytes: usize = dirty.iter().map(|d| d.len() * PAGE_SIZE).sum();
+    let mut buf = vec![1u8; dirty.iter().map(|d| d.len()).max().unwrap_or(0) * PAGE_SIZE];
+    let mut arena: Vec<u8> = vec![1u8; imgs[0].len()];
+    let (mut enc_best, mut cpy_best, mut out) = (f64::MAX, f64::MAX, 0usize);
     for _ in 0..reps {
-        let t1 = Instant::now();
-        for (i, &p) in d2.iter().enumerate() {
-            buf[i * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(&c[p as usize * PAGE_SIZE..][..PAGE_SIZE]);
+        let mut cfg = EncoderConfig::default();
+        if let Some(l) = std::env::var("ENCPROF_LEVEL").ok().and_then(|s| s.parse().ok()) {
+            cfg.zstd_level = l;
         }
-        std::hint::black_box(&buf);
-        best = best.min(t1.elapsed().as_secs_f64());
+        if let Some(l) = std::env::var("ENCPROF_BATCH").ok().and_then(|s| s.parse().ok()) {
+            cfg.batch_len = l;
+        }
+        let mut enc = Encoder::new(cfg, pages as u64).unwrap();
+        enc.encode_epoch(&imgs[0], 0..pages as u64, &mut |_| {});
+        enc.commit_epoch();
+        let (mut te, mut tc) = (0.0, 0.0);
+        out = 0;
+        for (e, d) in dirty.iter().enumerate() {
+            let img = &imgs[e + 1];
+            let t = Instant::now();
+            for (i, &p) in d.iter().enumerate() {
+                buf[i * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(&img[p as usize * PAGE_SIZE..][..PAGE_SIZE]);
+            }
+            std::hint::black_box(&buf);
+            tc += t.elapsed().as_secs_f64();
+            for _ in 0..inner {
+                // Profiling only: the same epoch again, rolled back (ENCPROF_INNER).
+                enc.encode_epoch(img, d.iter().copied(), &mut |c| { std::hint::black_box(c.len()); });
+                enc.abort_epoch();
+            }
+            arena.clear();
+            let t = Instant::now();
+            steady_epoch(&mut enc, img, d, &mut arena);
+            te += t.elapsed().as_secs_f64();
+            out += arena.len();
+            enc.commit_epoch();
+        }
+        enc_best = enc_best.min(te);
+        cpy_best = cpy_best.min(tc);
     }
-    println!("best rep: memcpy {:.3} GB/s", (d2.len() * PAGE_SIZE) as f64 / best / 1e9);
-    println!("memcpy {:.3} GB/s", bytes / t.elapsed().as_secs_f64() / 1e9);
+    println!(
+        "steady: {} dirty B, fgbi {} B ({:.3}%), encode {:.3} GB/s, memcpy {:.3} GB/s, enc/memcpy {:.1}%",
+        dirty_bytes,
+        out,
+        100.0 * out as f64 / dirty_bytes as f64,
+        dirty_bytes as f64 / enc_best / 1e9,
+        dirty_bytes as f64 / cpy_best / 1e9,
+        100.0 * cpy_best / enc_best
+    );
 }
 
-#[allow(dead_code)]
-fn zstd_probe(data: &[u8]) {
-    let mut c = zstd::bulk::Compressor::new(1).unwrap();
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(256 * 1024));
-    let t = Instant::now();
-    let mut total = 0;
-    for _ in 0..10 {
-        for piece in data.chunks(128 * 1024) {
-            out.clear();
-            total += c.compress_to_buffer(piece, &mut out).unwrap();
-        }
-    }
-    let s = t.elapsed().as_secs_f64();
-    println!("zstd level 1 on {} B x10: {:.1} MB/s, ratio {:.3}", data.len(), data.len() as f64 * 10.0 / s / 1e6, total as f64 / 10.0 / data.len() as f64);
+/// One timed steady-state epoch (a separate function so that callgrind can count it alone:
+/// `valgrind --tool=callgrind --toggle-collect='*steady_epoch*'`).
+#[inline(never)]
+fn steady_epoch(enc: &mut Encoder, img: &[u8], d: &[u64], arena: &mut Vec<u8>) {
+    enc.encode_epoch(img, d.iter().copied(), &mut |c| arena.extend_from_slice(c));
 }
