@@ -12,9 +12,14 @@ APP_IP=10.99.0.50
 # vm_id_of("web1") (first 8 bytes, LE, of SHA-256("resilire/1 vm-id\0web1")).
 VM=web1
 VM_ID=6508331956028178723
+# two more primaries, connected at the same time later on
+VM2=app1
+VM2_ID=2270220723992231696
+VM3=db1
+VM3_ID=5095550562600875837
 
 resilire-shim appliance start --name app --memory 128 --ip $APP_IP/24 --gateway none --port 7780 \
-    --budget 64 --key $VM=$KEY --wait 60 > /tmp/app-start.txt 2>&1 || { cat /tmp/app-start.txt; dump_guest app; fail "appliance start"; }
+    --budget 96 --key $VM=$KEY --key $VM2=$KEY --key $VM3=$KEY --wait 60 > /tmp/app-start.txt 2>&1 || { cat /tmp/app-start.txt; dump_guest app; fail "appliance start"; }
 cat /tmp/app-start.txt
 D=$(xl domid app)
 S=/local/domain/$D/resilire/status
@@ -56,4 +61,5 @@ cat /tmp/read.txt
 [ $rc -eq 0 ] || { dump_guest app; fail "read-image (foreign mapping of the page directory)"; }
 cmp /tmp/readback.raw "$last" || fail "image read by foreign mapping differs from $last"
 show "foreign-mapped image equals $(basename "$last") byte for byte"
+
 dump_guest app

@@ -30,11 +30,15 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 /// Receive buffer of each TCP socket (window scaling lets the peer use it all).
 const TCP_RX_BUF: usize = 256 * 1024;
 /// Transmit buffer of each TCP socket (replies are small).
-const TCP_TX_BUF: usize = 32 * 1024;
+const TCP_TX_BUF: usize = 64 * 1024;
 /// At most this many TCP sockets (connections + the free listener).
 const MAX_SOCKETS: usize = 16;
-/// Stop reading a connection while this much service output is unsent.
-const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Stop reading a connection while this much service output is unsent (a
+/// READ reply is up to 1 MiB: one at a time per connection keeps the heap
+/// small).
+const OUT_HIGH_WATER: usize = 64 * 1024;
+/// Output buffers larger than this are given back to the heap once empty.
+const OUT_KEEP: usize = 256 * 1024;
 
 /// What runs on top of the TCP connections (the epoch receiver).
 pub trait Service {
@@ -83,11 +87,21 @@ fn now() -> Instant {
     Instant::from_micros((time::now_ns() / 1000) as i64)
 }
 
+/// A socket buffer of `len` bytes in page frames of its own, not in the
+/// heap (the heap is at most 8 MiB and the receiver needs it); the heap is
+/// the fallback. Sockets are never dropped, so neither are their buffers.
+fn socket_buffer(len: usize) -> tcp::SocketBuffer<'static> {
+    match crate::pv::mm::alloc_contiguous(len.div_ceil(4096) as u64) {
+        // SAFETY: the run of frames is mapped writable at consecutive
+        // addresses, freshly allocated, and never freed: the slice is the
+        // only reference to it for the rest of the domain's life.
+        Some(f) => tcp::SocketBuffer::new(unsafe { core::slice::from_raw_parts_mut(f.va, len) }),
+        None => tcp::SocketBuffer::new(vec![0u8; len]),
+    }
+}
+
 fn new_tcp_socket() -> tcp::Socket<'static> {
-    let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; TCP_RX_BUF]),
-        tcp::SocketBuffer::new(vec![0u8; TCP_TX_BUF]),
-    );
+    let mut s = tcp::Socket::new(socket_buffer(TCP_RX_BUF), socket_buffer(TCP_TX_BUF));
     s.set_nagle_enabled(false);
     s.set_ack_delay(None);
     s
@@ -157,8 +171,10 @@ impl Net {
     /// Handles a watch event whose token is [`netfront::WATCH_TOKEN`].
     pub fn on_watch<T: Transport>(&mut self, xs: &mut Client<T>) {
         if self.dev.nf.on_backend_event(xs) && self.dev.nf.is_connected() {
-            // A fresh connection: the peer's ARP cache may be stale, TCP
-            // connections survive only if the peers retransmit in time.
+            // A fresh connection (the toolstack may have given a new MAC).
+            // TCP connections survive if their peers retransmit in time.
+            let mac = HardwareAddress::Ethernet(EthernetAddress(self.dev.nf.mac));
+            self.iface.set_hardware_addr(mac);
             info!("net: netfront reconnected");
         }
     }
@@ -219,6 +235,10 @@ impl Net {
                 continue;
             };
             // input, unless the peer is not reading our output
+            if c.out_off > 0 && c.out.len() - c.out_off < OUT_HIGH_WATER {
+                c.out.drain(..c.out_off);
+                c.out_off = 0;
+            }
             while !c.closing && s.can_recv() && c.out.len() - c.out_off < OUT_HIGH_WATER {
                 let out = &mut c.out;
                 let r = s.recv(|buf| (buf.len(), (buf.len(), svc.on_bytes(id, buf, now_ms, out))));
@@ -256,6 +276,9 @@ impl Net {
             if c.out_off == c.out.len() {
                 c.out.clear();
                 c.out_off = 0;
+                if c.out.capacity() > OUT_KEEP {
+                    c.out = Vec::new();
+                }
                 if c.closing {
                     s.close();
                 }
@@ -303,7 +326,15 @@ impl Net {
         let t = time::now_ns();
         if t - self.last_summary_ns >= 30_000_000_000 {
             self.last_summary_ns = t;
-            info!("net: {}; {} polls, {} with the channel pending", self.dev.nf.summary(), self.polls, self.polls_pending);
+            let m = crate::pv::mm::report();
+            info!(
+                "net: {}; {} polls, {} with the channel pending; memory used {} KiB, free frames {} KiB",
+                self.dev.nf.summary(),
+                self.polls,
+                self.polls_pending,
+                m.used_kib,
+                m.capacity_kib
+            );
         }
         let mut deadline = match self.iface.poll_delay(now(), &self.sockets) {
             Some(d) => t + d.total_micros().saturating_mul(1000).min(1_000_000_000),

@@ -298,6 +298,8 @@ pub struct Netfront {
     /// An rx buffer handed out by [`Netfront::recv`], reposted at the next call.
     rx_lent: Option<u16>,
     connected: bool,
+    /// The backend path whose state is watched.
+    watched: Option<String>,
     /// Counters.
     pub stats: Stats,
 }
@@ -348,6 +350,7 @@ impl Netfront {
             rx_bufs,
             rx_lent: None,
             connected: false,
+            watched: None,
             stats: Stats::default(),
         };
         nf.connect(xs)?;
@@ -453,8 +456,11 @@ impl Netfront {
         self.connected = true;
         self.stats.connects += 1;
         events::notify(port);
-        if let Err(e) = xs.watch(&format!("{}/state", self.backend), WATCH_TOKEN) {
-            warn!("netfront: cannot watch {}/state: {e}", self.backend);
+        if self.watched.as_deref() != Some(self.backend.as_str()) {
+            match xs.watch(&format!("{}/state", self.backend), WATCH_TOKEN) {
+                Ok(()) => self.watched = Some(self.backend.clone()),
+                Err(e) => warn!("netfront: cannot watch {}/state: {e}", self.backend),
+            }
         }
         info!(
             "netfront: connected to backend domain {} ({}) in {} ms: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, event channel {port}, {} rx buffers posted",
@@ -478,6 +484,9 @@ impl Netfront {
     pub fn disconnect<T: Transport>(&mut self, xs: &mut Client<T>) {
         self.connected = false;
         let _ = xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::CLOSING));
+        // The backend unmaps the rings when it leaves Connected; give it a
+        // moment so that the grants can be revoked rather than leaked.
+        let _ = self.wait_backend(xs, "backend Closing", |s| s != xenbus::CONNECTED, 2_000_000_000);
         if let Some(p) = self.port.take() {
             let _ = hypercall::evtchn_close(p);
         }

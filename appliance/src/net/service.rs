@@ -21,6 +21,13 @@ use resilire_boot::abi::PAGE_SIZE;
 use resilire_receiver::{ConnId, EventKind, Level, Receiver, ReceiverConfig, VmKey};
 use resilire_store::{FrameAllocator, PageLocation, Store};
 
+/// Largest EPOCH chunk announced to primaries.
+const MAX_CHUNK: u32 = resilire_proto_max_chunk();
+
+const fn resilire_proto_max_chunk() -> u32 {
+    1 << 20
+}
+
 /// The store's frames: page frames of the appliance (mm's allocator). A
 /// frame is named by its PFN inside the appliance; the number published in
 /// page directories is its machine frame number, which is what dom0 maps.
@@ -124,7 +131,9 @@ impl Receiving {
                 let tsc = unsafe { core::arch::x86_64::_rdtsc() };
                 material[..8].copy_from_slice(&tsc.to_le_bytes());
                 material[8..16].copy_from_slice(&time::now_ns().to_le_bytes());
-                let rcfg = ReceiverConfig { boot_material: material, ..ReceiverConfig::default() };
+                // The protocol's largest EPOCH chunk (1 MiB): the shim does not
+                // yet split epochs by WELCOME's max_chunk.
+                let rcfg = ReceiverConfig { boot_material: material, max_chunk: MAX_CHUNK, ..ReceiverConfig::default() };
                 match Receiver::new(store, &keys, rcfg) {
                     Ok(rx) => {
                         info!("receiver: ready, store budget {} MiB, {} VM key(s)", cfg.memory_budget_mib, keys.len());

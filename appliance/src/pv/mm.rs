@@ -361,6 +361,15 @@ pub fn alloc_frame() -> Option<Frame> {
     Some(Frame { pfn, mfn: mem.mfn(pfn), va: (pfn << PAGE_SHIFT) as *mut u8 })
 }
 
+/// Allocates `n` frames with consecutive PFNs, so mapped at consecutive
+/// virtual addresses (large buffers kept out of the heap); returns the first.
+pub fn alloc_contiguous(n: u64) -> Option<Frame> {
+    let mut g = MEMORY.lock();
+    let mem = g.as_mut()?;
+    let pfn = mem.frames.alloc_contiguous(n)?;
+    Some(Frame { pfn, mfn: mem.mfn(pfn), va: (pfn << PAGE_SHIFT) as *mut u8 })
+}
+
 /// Returns a frame obtained from [`alloc_frame`].
 pub fn free_frame(f: Frame) {
     if let Some(mem) = MEMORY.lock().as_mut() {
