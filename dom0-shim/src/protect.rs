@@ -37,6 +37,9 @@ pub struct ProtectOptions {
 /// Where `status` finds the protected VMs' last figures.
 pub const STATUS_DIR: &str = "/run/resilire/protect";
 
+/// Pages per READ when the image is read back.
+const READ_PAGES: u64 = 32;
+
 /// Live pre-copy rounds stop when a round no longer shrinks the dirty set
 /// by a tenth, or after this many.
 const MAX_PRECOPY_ROUNDS: usize = 8;
@@ -151,7 +154,8 @@ fn final_check(cp: &mut Checkpointer, sh: &mut Shipper) -> Result<()> {
         let mut remote = Vec::with_capacity(cp.image().len());
         let mut first = 0u64;
         while first < pages {
-            let n = (pages - first).min(u64::from(resilire_proto::MAX_READ_PAGES)) as u32;
+            // Small reads: each reply is one allocation in the appliance's heap.
+            let n = (pages - first).min(READ_PAGES) as u32;
             remote.extend(sh.read_pages(first, n)?);
             first += u64::from(n);
         }

@@ -74,6 +74,9 @@ impl Shipper {
         let stream = TcpStream::connect_timeout(&sock, timeout).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
+        // An appliance that stops reading must not hang the primary: a
+        // write that cannot progress for this long loses the backup.
+        stream.set_write_timeout(Some(timeout))?;
         let cfg = EncoderConfig { block_size, ..EncoderConfig::default() };
         let encoder = Encoder::new(cfg, vm.pages).map_err(|e| anyhow::anyhow!("block size {}: not allowed", e.0))?;
         let mut session = Session::primary(vm.vm_id, Key(key), random_salt()?);
