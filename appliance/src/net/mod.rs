@@ -34,9 +34,9 @@ const TCP_TX_BUF: usize = 64 * 1024;
 /// At most this many TCP sockets (connections + the free listener).
 const MAX_SOCKETS: usize = 16;
 /// Stop reading a connection while this much service output is unsent (a
-/// READ reply is up to 1 MiB: one at a time per connection keeps the heap
-/// small).
-const OUT_HIGH_WATER: usize = 64 * 1024;
+/// READ reply is up to 1 MiB: one at a time per connection, appended to an
+/// empty buffer, keeps the heap small).
+const OUT_HIGH_WATER: usize = 1;
 /// Output buffers larger than this are given back to the heap once empty.
 const OUT_KEEP: usize = 256 * 1024;
 
