@@ -157,10 +157,7 @@ impl Net {
             }
         }
         self.ensure_listener();
-        info!(
-            "net: interface {}/{} gw {:?}, TCP port {}",
-            cfg.address, cfg.prefix, cfg.gateway, cfg.port
-        );
+        info!("net: interface {}/{} gw {:?}, TCP port {}", cfg.address, cfg.prefix, cfg.gateway, cfg.port);
     }
 
     /// The event channel to wait on (None while netfront is disconnected).
@@ -200,7 +197,15 @@ impl Net {
             let mut s = new_tcp_socket();
             if s.listen(port).is_ok() {
                 let handle = self.sockets.add(s);
-                self.conns.push(Conn { handle, id: None, out: Vec::new(), out_off: 0, bytes_in: 0, bytes_out: 0, closing: false });
+                self.conns.push(Conn {
+                    handle,
+                    id: None,
+                    out: Vec::new(),
+                    out_off: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    closing: false,
+                });
             }
         }
     }

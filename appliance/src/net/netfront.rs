@@ -182,8 +182,8 @@ impl Sring {
             return None;
         }
         fence(Ordering::Acquire); // read the slot after rsp_prod
-        // SAFETY: slots in [rsp_cons, rsp_prod) hold responses the backend
-        // finished writing; T is the response record of this ring.
+                                  // SAFETY: slots in [rsp_cons, rsp_prod) hold responses the backend
+                                  // finished writing; T is the response record of this ring.
         let r = unsafe { read_volatile(self.slot(self.rsp_cons) as *const T) };
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Some(r)
@@ -300,6 +300,9 @@ pub struct Netfront {
     connected: bool,
     /// The backend path whose state is watched.
     watched: Option<String>,
+    /// Grants the backend still mapped at the last disconnect (its rings,
+    /// typically): revoked at the next connect, when it has let go.
+    stale_grants: Vec<u32>,
     /// Counters.
     pub stats: Stats,
 }
@@ -351,6 +354,7 @@ impl Netfront {
             rx_lent: None,
             connected: false,
             watched: None,
+            stale_grants: Vec::new(),
             stats: Stats::default(),
         };
         nf.connect(xs)?;
@@ -401,6 +405,18 @@ impl Netfront {
         let _ = xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::INITIALISING));
         self.wait_backend(xs, "backend InitWait", |s| s == xenbus::INIT_WAIT, 20_000_000_000)?;
 
+        // Grants the backend held at the last disconnect. A frame whose
+        // grant is still mapped keeps its page: the frames are granted anew
+        // below under fresh references either way.
+        let before = self.stale_grants.len();
+        self.stale_grants.retain(|&g| gnttab::end_access(g).is_err());
+        if before > 0 {
+            info!(
+                "netfront: revoked {} stale grant(s), {} still mapped",
+                before - self.stale_grants.len(),
+                self.stale_grants.len()
+            );
+        }
         // Rings and buffers, granted to the backend.
         self.tx = Sring::init(self.tx_page.frame.va, TX_ENTRY);
         self.rx = Sring::init(self.rx_page.frame.va, RX_ENTRY);
@@ -490,17 +506,23 @@ impl Netfront {
         if let Some(p) = self.port.take() {
             let _ = hypercall::evtchn_close(p);
         }
-        let mut leaked = 0;
-        let bufs = [&mut self.tx_page, &mut self.rx_page].into_iter().chain(self.tx_bufs.iter_mut()).chain(self.rx_bufs.iter_mut());
+        let bufs = [&mut self.tx_page, &mut self.rx_page]
+            .into_iter()
+            .chain(self.tx_bufs.iter_mut())
+            .chain(self.rx_bufs.iter_mut());
         for b in bufs {
             if let Some(g) = b.gref.take() {
                 if gnttab::end_access(g).is_err() {
-                    leaked += 1;
+                    self.stale_grants.push(g);
                 }
             }
         }
         let _ = xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::CLOSED));
-        warn!("netfront: disconnected from {} ({leaked} grant(s) still in use, leaked)", self.backend);
+        warn!(
+            "netfront: disconnected from {} ({} grant(s) still mapped by the backend, revoked later)",
+            self.backend,
+            self.stale_grants.len()
+        );
     }
 
     /// Reacts to the backend's state (call when the watch fires): tears down

@@ -133,7 +133,8 @@ impl Receiving {
                 material[8..16].copy_from_slice(&time::now_ns().to_le_bytes());
                 // The protocol's largest EPOCH chunk (1 MiB): the shim does not
                 // yet split epochs by WELCOME's max_chunk.
-                let rcfg = ReceiverConfig { boot_material: material, max_chunk: MAX_CHUNK, ..ReceiverConfig::default() };
+                let rcfg =
+                    ReceiverConfig { boot_material: material, max_chunk: MAX_CHUNK, ..ReceiverConfig::default() };
                 match Receiver::new(store, &keys, rcfg) {
                     Ok(rx) => {
                         info!("receiver: ready, store budget {} MiB, {} VM key(s)", cfg.memory_budget_mib, keys.len());
