@@ -106,6 +106,16 @@ impl Shipper {
             other => bail!("expected WELCOME, got {:?}", other.kind()),
         })?;
         sh.next_epoch = welcome.committed_epoch.map_or(1, |e| e + 1);
+        // Chunks no larger than the appliance accepts (WELCOME's max_chunk):
+        // a fresh encoder holds nothing yet, so it is simply made anew.
+        if welcome.max_chunk > 0 {
+            let cfg = EncoderConfig {
+                block_size,
+                max_chunk_len: (welcome.max_chunk as usize).min(EncoderConfig::default().max_chunk_len),
+                ..EncoderConfig::default()
+            };
+            sh.encoder = Encoder::new(cfg, vm.pages).map_err(|e| anyhow::anyhow!("block size {}: not allowed", e.0))?;
+        }
         sh.welcome = welcome;
         Ok(sh)
     }

@@ -289,9 +289,11 @@ pub fn init(bi: &BootInfo) -> Result<InitReport, MmError> {
 
     let newly = mem.map_all(first_free)?;
 
-    // Heap: a sixteenth of memory, between 1 and 8 MiB; page-granular data
-    // (the checkpoint store, network buffers) uses the frame allocator.
-    let heap_pages = (nr_pages / 16).clamp(256, 2048).min(mem.frames.free_frames() / 2);
+    // Heap: an eighth of memory, between 1 and 64 MiB; page-granular data
+    // (the checkpoint store, network buffers) uses the frame allocator. The
+    // heap holds the store's page maps and, per connected primary, a few MiB
+    // of protocol and decoder buffers (a first full epoch peaks near 4 MiB).
+    let heap_pages = (nr_pages / 8).clamp(256, 16384).min(mem.frames.free_frames() / 2);
     let heap_pfn = mem.frames.alloc_contiguous(heap_pages).ok_or(MmError::OutOfFrames)?;
     mem.heap_bytes = heap_pages * PAGE_SIZE as u64;
     // SAFETY: the run of frames is mapped writable (1:1), free, contiguous
