@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Accepts connections on `port` and discards what they send, forever.
 pub fn sink(port: u16) -> Result<()> {
@@ -31,8 +31,12 @@ pub fn sink(port: u16) -> Result<()> {
 /// Sends `mib` MiB to `addr` and returns MiB/s, counted until the sink
 /// confirms it has read everything.
 pub fn blast(addr: &str, mib: u64) -> Result<f64> {
-    let mut c = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not ip:port"))?;
+    // Bounded waits: a peer that is not up yet fails fast, so callers can retry.
+    let mut c = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(60)))?;
+    c.set_write_timeout(Some(Duration::from_secs(60)))?;
     let buf = vec![0x5au8; 1 << 20];
     let t0 = Instant::now();
     for _ in 0..mib {
