@@ -72,12 +72,9 @@ fn resolve_domain(xc: &xen::XenCtrl, spec: &str) -> Result<u32> {
     if let Ok(id) = spec.parse::<u32>() {
         return Ok(id);
     }
+    let xs = xenstore::Xenstore::open()?;
     for d in xc.domains()? {
-        let out = std::process::Command::new("xenstore-read")
-            .arg(format!("/local/domain/{}/name", d.domid))
-            .output()
-            .context("running xenstore-read")?;
-        if String::from_utf8_lossy(&out.stdout).trim() == spec {
+        if xs.read(&format!("/local/domain/{}/name", d.domid))?.as_deref() == Some(spec) {
             return Ok(d.domid);
         }
     }
@@ -328,15 +325,10 @@ fn cmd_send_images(args: &[String]) -> Result<()> {
         wire as f64 / 1048576.0 / secs
     );
     if args.iter().any(|a| a == "--verify-read") {
-        let mut first = 0u64;
-        while first < pages {
-            let n = (pages - first).min(u64::from(resilire_proto::MAX_READ_PAGES)) as u32;
-            let got = sh.read_pages(first, n)?;
-            let s = first as usize * checkpoint::PAGE;
-            if got[..] != prev[s..s + got.len()] {
-                bail!("read back: pages {first}..{} differ from the last image", first + u64::from(n));
-            }
-            first += u64::from(n);
+        let got = sh.read_image(pages, resilire_proto::MAX_READ_PAGES)?;
+        let page = checkpoint::PAGE;
+        if let Some(p) = (0..pages as usize).find(|&p| got[p * page..(p + 1) * page] != prev[p * page..(p + 1) * page]) {
+            bail!("read back: page {p} differs from the last image");
         }
         println!("send-images: read back {pages} pages through READ: equal to the last image byte for byte");
     }

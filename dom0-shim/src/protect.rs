@@ -38,7 +38,7 @@ pub struct ProtectOptions {
 pub const STATUS_DIR: &str = "/run/resilire/protect";
 
 /// Pages per READ when the image is read back.
-const READ_PAGES: u64 = 32;
+const READ_PAGES: u32 = 32;
 
 /// Live pre-copy rounds stop when a round no longer shrinks the dirty set
 /// by a tenth, or after this many.
@@ -151,14 +151,7 @@ fn final_check(cp: &mut Checkpointer, sh: &mut Shipper) -> Result<()> {
     cp.capture_epoch_with(|cp, slots| {
         sh.send_epoch(cp.image(), slots)?;
         sh.wait_ack()?;
-        let mut remote = Vec::with_capacity(cp.image().len());
-        let mut first = 0u64;
-        while first < pages {
-            // Small reads: each reply is one allocation in the appliance's heap.
-            let n = (pages - first).min(READ_PAGES) as u32;
-            remote.extend(sh.read_pages(first, n)?);
-            first += u64::from(n);
-        }
+        let remote = sh.read_image(pages, READ_PAGES)?;
         outcome = cp.compare_remote(&remote);
         Ok(())
     })?;

@@ -241,6 +241,19 @@ impl Shipper {
         })
     }
 
+    /// Reads the whole committed image (`pages` pages) back, `per_read`
+    /// pages per READ (each reply is one allocation in the appliance's heap).
+    pub fn read_image(&mut self, pages: u64, per_read: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(pages as usize * PAGE_SIZE);
+        let mut first = 0u64;
+        while first < pages {
+            let n = (pages - first).min(u64::from(per_read.max(1))) as u32;
+            out.extend(self.read_pages(first, n)?);
+            first += u64::from(n);
+        }
+        Ok(out)
+    }
+
     /// Says BYE (orderly end).
     pub fn close(mut self) -> Result<()> {
         let mut wire = 0;

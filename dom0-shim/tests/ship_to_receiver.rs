@@ -70,14 +70,7 @@ fn mutate(img: &mut [u8], epoch: u64) -> Vec<u64> {
 }
 
 fn read_all(sh: &mut Shipper, pages: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut first = 0;
-    while first < pages {
-        let n = (pages - first).min(256) as u32;
-        out.extend(sh.read_pages(first, n).unwrap());
-        first += u64::from(n);
-    }
-    out
+    sh.read_image(pages, 256).unwrap()
 }
 
 #[test]
