@@ -7,10 +7,11 @@
 //! [`Checkpointer::capture_epoch`] is the one reusable "capture an epoch"
 //! step; protect, migration and group checkpoints build on it.
 
+use crate::vmstate::{self, VmState, MAX_HOT, TRAILER_PAGES};
 use crate::xen::{DomainInfo, ForeignMemory, LogDirty, XenCtrl};
 use crate::xenstore::Xenstore;
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Bytes of a guest page.
@@ -22,6 +23,18 @@ const MAP_BATCH: usize = 1024;
 /// How long a guest may take to reach its suspend point.
 const SUSPEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Epochs of dirty history that make up the hot set (the working set a
+/// resume restores first).
+const HOT_EPOCHS: usize = 8;
+
+/// The HVM params a restore sets (as Xen 4.17's own saver sends them; only
+/// non-zero values are kept): STORE_PFN, IOREQ_PFN, BUFIOREQ_PFN,
+/// PAGING/MONITOR/SHARING_RING_PFN, VM86_TSS_SIZED, CONSOLE_PFN,
+/// ACPI_IOPORTS_LOCATION, VIRIDIAN, IDENT_PT, VM_GENERATION_ID_ADDR,
+/// IOREQ_SERVER_PFN, NR_IOREQ_SERVER_PAGES, X87_FIP_WIDTH, MCA_CAP
+/// (`xen/hvm/params.h`).
+const RESTORE_PARAMS: [u32; 16] = [1, 5, 6, 27, 28, 29, 37, 17, 19, 9, 12, 34, 32, 33, 36, 38];
+
 /// Where the time of one epoch's pause went.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pause {
@@ -29,7 +42,7 @@ pub struct Pause {
     pub suspend: Duration,
     /// Reading the dirty bitmap and copying the dirty pages.
     pub copy: Duration,
-    /// Capturing the vCPU/platform context and resuming.
+    /// Capturing the vCPU/platform context and restore state, and resuming.
     pub resume: Duration,
 }
 
@@ -46,7 +59,8 @@ pub struct Epoch {
     pub number: u64,
     /// The frames written since the previous epoch, ascending.
     pub dirty: Vec<u64>,
-    /// The same as slots of the dense image (see [`Checkpointer::image`]).
+    /// The slots of the dense image (see [`Checkpointer::image`]) that
+    /// changed: the dirty frames' and the state trailer's.
     pub dirty_slots: Vec<u64>,
     /// The HVM context at the suspend point.
     pub hvm_context: Vec<u8>,
@@ -66,8 +80,15 @@ pub struct Checkpointer<'a> {
     /// special pages near 4 GiB), so the image is kept dense.
     layout: Vec<u64>,
     slot: HashMap<u64, usize>,
+    /// The populated frames' contents in layout order, then the state
+    /// trailer ([`vmstate`]): what a restore needs besides memory.
     image: Vec<u8>,
     epoch: u64,
+    /// The restore state; its per-epoch parts are refreshed at each
+    /// suspend point and written into the trailer.
+    state: VmState,
+    /// Dirty slots of the last [`HOT_EPOCHS`] epochs, newest first.
+    recent: VecDeque<Vec<u64>>,
 }
 
 impl<'a> Checkpointer<'a> {
@@ -77,6 +98,19 @@ impl<'a> Checkpointer<'a> {
         let info: DomainInfo = xc.domain(domid)?;
         if !info.hvm {
             bail!("domain {domid} is PV: checkpoints need a PVH or HVM guest (log-dirty on PV is not built in this Xen)");
+        }
+        // What a restore needs that does not change while the guest runs.
+        let mut state = VmState {
+            vcpus: info.vcpus,
+            cpu: xc.cpu_policy(domid)?,
+            config_json: vmstate::domain_config_json(domid)?,
+            ..VmState::default()
+        };
+        for p in RESTORE_PARAMS {
+            let v = xc.hvm_param(domid, p)?;
+            if v != 0 {
+                state.hvm_params.push((u64::from(p), v));
+            }
         }
         let log_dirty = xc.log_dirty(domid)?;
         let total = log_dirty.pages();
@@ -90,17 +124,33 @@ impl<'a> Checkpointer<'a> {
             slot: HashMap::new(),
             image: Vec::new(),
             epoch: 0,
+            state,
+            recent: VecDeque::new(),
         };
         cp.discover(total)?;
+        cp.state.layout = cp.layout.clone();
+        cp.image.resize(cp.image.len() + vmstate::trailer_bytes(), 0);
         Ok(cp)
     }
 
-    /// Frames of guest memory held.
+    /// Records the checkpoint interval in the restore state (the backup
+    /// judges a silent primary by it).
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.state.interval_ms = interval.as_millis().min(u128::from(u32::MAX)) as u32;
+    }
+
+    /// Pages of the image: the guest's frames, then the state trailer.
     pub fn pages(&self) -> usize {
+        self.layout.len() + TRAILER_PAGES
+    }
+
+    /// Frames of guest memory held.
+    pub fn guest_pages(&self) -> usize {
         self.layout.len()
     }
 
-    /// The dense image: the populated frames' contents in frame order.
+    /// The dense image: the populated frames' contents in frame order, then
+    /// the state trailer.
     pub fn image(&self) -> &[u8] {
         &self.image
     }
@@ -194,19 +244,25 @@ impl<'a> Checkpointer<'a> {
         });
         let t2 = Instant::now();
         let context = self.xc.hvm_context(self.domid);
-        let extra = match &copied {
-            Ok((_, slots)) => {
-                let slots = slots.clone();
-                at_suspend_point(self, &slots)
+        let trailer = match (&copied, &context) {
+            (Ok((_, slots)), Ok(ctx)) => self.write_trailer(slots, ctx),
+            _ => Ok(Vec::new()),
+        };
+        let t_state = Instant::now();
+        let extra = match (&copied, &trailer) {
+            (Ok((_, slots)), Ok(changed)) => {
+                let all: Vec<u64> = slots.iter().chain(changed).copied().collect();
+                at_suspend_point(self, &all)
             }
-            Err(_) => Ok(()),
+            _ => Ok(()),
         };
         // Resume whatever happened above: a guest left suspended is down.
         let t_resume = Instant::now();
         let resumed = self.xc.resume(self.domid, true).and_then(|_| self.xs.resume_domain(self.domid));
         let t3 = Instant::now();
-        let (dirty, dirty_slots) = copied?;
+        let (dirty, mut dirty_slots) = copied?;
         let hvm_context = context?;
+        dirty_slots.extend(trailer?);
         extra?;
         resumed?;
         self.epoch += 1;
@@ -215,8 +271,40 @@ impl<'a> Checkpointer<'a> {
             dirty,
             dirty_slots,
             hvm_context,
-            pause: Pause { suspend: t1 - t0, copy: t2 - t1, resume: t3 - t_resume },
+            pause: Pause { suspend: t1 - t0, copy: t2 - t1, resume: (t_state - t2) + (t3 - t_resume) },
         })
+    }
+
+    /// At a suspend point: refreshes the restore state (HVM context, TSC,
+    /// hot set) and writes it into the trailer. Returns the trailer slots
+    /// that changed.
+    fn write_trailer(&mut self, dirty_slots: &[u64], hvm_context: &[u8]) -> Result<Vec<u64>> {
+        self.state.epoch = self.epoch + 1;
+        self.state.tsc = self.xc.tsc_info(self.domid)?;
+        self.state.hvm_context = hvm_context.to_vec();
+        self.recent.push_front(dirty_slots.to_vec());
+        self.recent.truncate(HOT_EPOCHS);
+        let mut seen = HashSet::new();
+        self.state.hot_slots = self
+            .recent
+            .iter()
+            .flatten()
+            .filter(|&&s| seen.insert(s))
+            .take(MAX_HOT)
+            .map(|&s| s as u32)
+            .collect();
+        let bytes = self.state.encode()?;
+        let first = self.layout.len();
+        let mut changed = Vec::new();
+        for (i, page) in bytes.chunks_exact(PAGE).enumerate() {
+            let at = (first + i) * PAGE;
+            let held = &mut self.image[at..at + PAGE];
+            if held != page {
+                held.copy_from_slice(page);
+                changed.push((first + i) as u64);
+            }
+        }
+        Ok(changed)
     }
 
     /// Takes one more checkpoint and, before resuming the guest, compares
@@ -291,6 +379,10 @@ impl Checkpointer<'_> {
     pub fn compare_remote(&mut self, remote: &[u8]) -> Result<usize> {
         if remote.len() != self.image.len() {
             anyhow::bail!("the backup's image has {} bytes, the guest {}", remote.len(), self.image.len());
+        }
+        let trailer = self.layout.len() * PAGE;
+        if remote[trailer..] != self.image[trailer..] {
+            anyhow::bail!("the backup's restore state differs from the one captured at this suspend point");
         }
         let saved = std::mem::replace(&mut self.image, remote.to_vec());
         let r = self.compare_all();

@@ -5,6 +5,8 @@ pub mod xen;
 pub mod xenstore;
 pub mod appliance;
 pub mod checkpoint;
+pub mod vmstate;
+pub mod restore_stream;
 pub mod ship;
 pub mod netbench;
 pub mod protect;

@@ -62,6 +62,7 @@ pub fn run(o: &ProtectOptions) -> Result<()> {
     let info = xc.domain(o.domid)?;
     let t0 = Instant::now();
     let mut cp = Checkpointer::start(&xc, &fm, &xs, o.domid)?;
+    cp.set_interval(o.interval);
     println!(
         "protect: {} (domain {}): {} pages ({} MiB) found and copied live in {:.2}s",
         o.name,

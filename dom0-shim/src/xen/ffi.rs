@@ -102,6 +102,45 @@ pub const SHUTDOWN_SUSPEND: u32 = 2;
 extern "C" {
     pub fn xc_domain_hvm_getcontext(xch: *mut xc_interface, domid: u32, buf: *mut u8, size: u32) -> c_int;
     pub fn xc_hvm_param_get(xch: *mut xc_interface, domid: u32, param: u32, value: *mut u64) -> c_int;
+    /// With `cmd` XENVER_version (0) and a null `arg`: major << 16 | minor.
+    pub fn xc_version(xch: *mut xc_interface, cmd: c_int, arg: *mut c_void) -> c_int;
+    pub fn xc_domain_get_tsc_info(
+        xch: *mut xc_interface,
+        domid: u32,
+        tsc_mode: *mut u32,
+        elapsed_nsec: *mut u64,
+        gtsc_khz: *mut u32,
+        incarnation: *mut u32,
+    ) -> c_int;
+}
+
+/// Opaque `xc_cpu_policy_t` (`xenguest.h`).
+#[repr(C)]
+pub struct xc_cpu_policy_t {
+    _private: [u8; 0],
+}
+
+/// `xen_cpuid_leaf_t` (`xen/arch-x86/xen.h`): one serialised CPUID leaf.
+pub const CPUID_LEAF_BYTES: usize = 24;
+/// `xen_msr_entry_t` (`xen/arch-x86/xen.h`): one serialised MSR.
+pub const MSR_ENTRY_BYTES: usize = 16;
+
+#[link(name = "xenguest")]
+extern "C" {
+    pub fn xc_cpu_policy_init() -> *mut xc_cpu_policy_t;
+    pub fn xc_cpu_policy_destroy(policy: *mut xc_cpu_policy_t);
+    pub fn xc_cpu_policy_get_size(xch: *mut xc_interface, nr_leaves: *mut u32, nr_msrs: *mut u32) -> c_int;
+    pub fn xc_cpu_policy_get_domain(xch: *mut xc_interface, domid: u32, policy: *mut xc_cpu_policy_t) -> c_int;
+    /// `leaves`/`msrs` point at arrays of `xen_cpuid_leaf_t`/`xen_msr_entry_t`,
+    /// passed as bytes (see the sizes above).
+    pub fn xc_cpu_policy_serialise(
+        xch: *mut xc_interface,
+        policy: *const xc_cpu_policy_t,
+        leaves: *mut u8,
+        nr_leaves: *mut u32,
+        msrs: *mut u8,
+        nr_msrs: *mut u32,
+    ) -> c_int;
 }
 
 #[link(name = "xenguest")]

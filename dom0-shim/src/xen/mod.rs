@@ -35,6 +35,8 @@ pub struct DomainInfo {
     pub shutdown: Option<u32>,
     /// The domain's UUID handle.
     pub handle: [u8; 16],
+    /// Its vCPU count (highest vCPU id + 1).
+    pub vcpus: u32,
 }
 
 impl XenCtrl {
@@ -153,6 +155,93 @@ impl XenCtrl {
         }
         Ok(v)
     }
+
+    /// The running Xen's (major, minor) version.
+    pub fn version(&self) -> Result<(u32, u32)> {
+        // SAFETY: XENVER_version takes no argument.
+        let v = unsafe { ffi::xc_version(self.xch, 0, std::ptr::null_mut()) };
+        if v < 0 {
+            bail!("reading Xen's version: {}", io::Error::last_os_error());
+        }
+        Ok((v as u32 >> 16, v as u32 & 0xffff))
+    }
+
+    /// The domain's TSC mode, frequency, elapsed time and incarnation, as a
+    /// restore sets them (XEN_DOMCTL_gettscinfo).
+    pub fn tsc_info(&self, domid: u32) -> Result<TscInfo> {
+        let mut t = TscInfo::default();
+        // SAFETY: four valid out-pointers.
+        let rc = unsafe {
+            ffi::xc_domain_get_tsc_info(self.xch, domid, &mut t.mode, &mut t.nsec, &mut t.khz, &mut t.incarnation)
+        };
+        if rc < 0 {
+            bail!("reading the TSC info of domain {domid}: {}", io::Error::last_os_error());
+        }
+        Ok(t)
+    }
+
+    /// The domain's CPUID and MSR policies, serialised as arrays of
+    /// `xen_cpuid_leaf_t` and `xen_msr_entry_t` (what a migration stream's
+    /// X86_CPUID_POLICY and X86_MSR_POLICY records carry).
+    pub fn cpu_policy(&self, domid: u32) -> Result<CpuPolicy> {
+        let (mut nr_leaves, mut nr_msrs) = (0u32, 0u32);
+        // SAFETY: valid out-pointers.
+        if unsafe { ffi::xc_cpu_policy_get_size(self.xch, &mut nr_leaves, &mut nr_msrs) } < 0 {
+            bail!("sizing CPU policies: {}", io::Error::last_os_error());
+        }
+        let mut leaves = vec![0u8; nr_leaves as usize * ffi::CPUID_LEAF_BYTES];
+        let mut msrs = vec![0u8; nr_msrs as usize * ffi::MSR_ENTRY_BYTES];
+        // SAFETY: init returns an owned object or null; it is destroyed below.
+        let policy = unsafe { ffi::xc_cpu_policy_init() };
+        if policy.is_null() {
+            bail!("allocating a CPU policy object");
+        }
+        // SAFETY: policy is live; the buffers have room for the counts passed.
+        let rc = unsafe {
+            let mut rc = ffi::xc_cpu_policy_get_domain(self.xch, domid, policy);
+            if rc == 0 {
+                rc = ffi::xc_cpu_policy_serialise(
+                    self.xch,
+                    policy,
+                    leaves.as_mut_ptr(),
+                    &mut nr_leaves,
+                    msrs.as_mut_ptr(),
+                    &mut nr_msrs,
+                );
+            }
+            let err = io::Error::last_os_error();
+            ffi::xc_cpu_policy_destroy(policy);
+            (rc, err)
+        };
+        if rc.0 != 0 {
+            bail!("reading the CPU policy of domain {domid}: {}", rc.1);
+        }
+        leaves.truncate(nr_leaves as usize * ffi::CPUID_LEAF_BYTES);
+        msrs.truncate(nr_msrs as usize * ffi::MSR_ENTRY_BYTES);
+        Ok(CpuPolicy { cpuid: leaves, msrs })
+    }
+}
+
+/// A domain's TSC settings (XEN_DOMCTL_gettscinfo).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TscInfo {
+    /// TSC_MODE_*.
+    pub mode: u32,
+    /// Guest TSC frequency in kHz.
+    pub khz: u32,
+    /// Elapsed nanoseconds.
+    pub nsec: u64,
+    /// Incarnation (bumped at each restore).
+    pub incarnation: u32,
+}
+
+/// A domain's CPUID and MSR policies, serialised as Xen does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuPolicy {
+    /// `xen_cpuid_leaf_t[]` bytes.
+    pub cpuid: Vec<u8>,
+    /// `xen_msr_entry_t[]` bytes.
+    pub msrs: Vec<u8>,
 }
 
 impl Drop for XenCtrl {
@@ -175,6 +264,7 @@ impl DomainInfo {
             shutdown: (r.flags & ffi::XEN_DOMINF_SHUTDOWN != 0)
                 .then_some((r.flags >> ffi::XEN_DOMINF_SHUTDOWN_SHIFT) & 0xff),
             handle: r.handle,
+            vcpus: r.max_vcpu_id + 1,
         }
     }
 }
