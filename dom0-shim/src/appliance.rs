@@ -149,39 +149,103 @@ pub fn parse_frame_list(text: &str) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// Reads VM `vm`'s committed image out of appliance domain `app` by mapping
-/// the frames its published page directory lists (each directory frame: 512
+/// VM `vm`'s committed image inside appliance domain `app`, located by the
+/// page directory the appliance publishes (each directory frame: 512
 /// little-endian machine frame numbers, in pfn order). The appliance is a PV
 /// domain, so its frames are mapped by machine frame number; only a
 /// privileged domain (dom0) can do this.
+pub struct CommittedFrames<'a> {
+    fm: &'a ForeignMemory,
+    app: u32,
+    /// The epoch the image holds.
+    pub epoch: u64,
+    frames: Vec<u64>,
+}
+
+/// What the appliance says about a VM it holds no committed epoch of.
+pub const NOTHING_COMMITTED: &str = "holds no committed epoch";
+
+impl<'a> CommittedFrames<'a> {
+    /// Reads the directory. Fails, saying so, when the appliance holds no
+    /// committed epoch of `vm`; retries when a new epoch is published while
+    /// the directory is read.
+    pub fn locate(xs: &Xenstore, fm: &'a ForeignMemory, app: u32, vm: &str) -> Result<Self> {
+        let base = format!("/local/domain/{app}/resilire/status/vms/{vm}");
+        let get = |k: &str| -> Result<String> { Ok(xs.read(&format!("{base}/{k}"))?.unwrap_or_default()) };
+        for _ in 0..10 {
+            let epoch = get("committed_epoch")?;
+            let dir = get("pagedir")?;
+            let pages = get("pages")?;
+            if epoch.trim().is_empty() || dir.trim().is_empty() {
+                bail!("appliance domain {app} {NOTHING_COMMITTED} of VM {vm} (state: {})", get("state")?);
+            }
+            let pages: usize = pages.trim().parse().context("pages")?;
+            let epoch: u64 = epoch.trim().parse().context("committed_epoch")?;
+            let dir_frames = parse_frame_list(&dir)?;
+            if dir_frames.len() != pages.div_ceil(512) {
+                bail!("page directory has {} frames for {pages} pages", dir_frames.len());
+            }
+            let map = fm.map(app, &dir_frames)?;
+            let mut frames = Vec::with_capacity(pages);
+            for i in 0..dir_frames.len() {
+                let page = map.page(i).with_context(|| format!("directory frame {:#x} does not map", dir_frames[i]))?;
+                for e in page.chunks_exact(8).take(pages - frames.len()) {
+                    frames.push(u64::from_le_bytes(e.try_into().expect("8 bytes")));
+                }
+            }
+            // The appliance frees a directory after publishing the next one:
+            // what was read counts only if it is still the published one.
+            if get("pagedir")? == dir {
+                return Ok(CommittedFrames { fm, app, epoch, frames });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("appliance domain {app} kept publishing new epochs of {vm} while its directory was read")
+    }
+
+    /// Pages in the image.
+    pub fn pages(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Copies the whole image out.
+    pub fn read_all(&self) -> Result<CommittedImage> {
+        let mut bytes = Vec::with_capacity(self.pages() * 4096);
+        let all: Vec<u64> = (0..self.pages() as u64).collect();
+        self.copy_slots(&all, &mut |p| {
+            bytes.extend_from_slice(p);
+            Ok(())
+        })?;
+        Ok(CommittedImage { epoch: self.epoch, bytes })
+    }
+
+    /// Maps the pages of `slots` (1024 at a time) and hands each to `f` in
+    /// order.
+    pub fn copy_slots(&self, slots: &[u64], f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+        for batch in slots.chunks(1024) {
+            let frames: Vec<u64> = batch
+                .iter()
+                .map(|&s| self.frames.get(s as usize).copied().with_context(|| format!("slot {s} beyond the image")))
+                .collect::<Result<_>>()?;
+            let m = self.fm.map(self.app, &frames)?;
+            for (i, fr) in frames.iter().enumerate() {
+                f(m.page(i).with_context(|| format!("image frame {fr:#x} does not map"))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::restore_stream::PageSource for CommittedFrames<'_> {
+    fn for_each_page(&mut self, slots: &[u64], f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+        self.copy_slots(slots, f)
+    }
+}
+
+/// Reads VM `vm`'s committed image out of appliance domain `app` (see
+/// [`CommittedFrames`]).
 pub fn read_committed_image(xs: &Xenstore, fm: &ForeignMemory, app: u32, vm: &str) -> Result<CommittedImage> {
-    let base = format!("/local/domain/{app}/resilire/status/vms/{vm}");
-    let get = |k: &str| -> Result<String> {
-        xs.read(&format!("{base}/{k}"))?.with_context(|| format!("appliance publishes no {base}/{k}"))
-    };
-    let pages: usize = get("pages")?.trim().parse().context("pages")?;
-    let epoch: u64 = get("committed_epoch")?.trim().parse().context("committed_epoch")?;
-    let dir_frames = parse_frame_list(&get("pagedir")?)?;
-    if dir_frames.len() != pages.div_ceil(512) {
-        bail!("page directory has {} frames for {pages} pages", dir_frames.len());
-    }
-    let dir = fm.map(app, &dir_frames)?;
-    let mut frames = Vec::with_capacity(pages);
-    for i in 0..dir_frames.len() {
-        let page = dir.page(i).with_context(|| format!("directory frame {:#x} does not map", dir_frames[i]))?;
-        for e in page.chunks_exact(8).take(pages - frames.len()) {
-            frames.push(u64::from_le_bytes(e.try_into().expect("8 bytes")));
-        }
-    }
-    drop(dir);
-    let mut bytes = Vec::with_capacity(pages * 4096);
-    for batch in frames.chunks(1024) {
-        let m = fm.map(app, batch)?;
-        for (i, f) in batch.iter().enumerate() {
-            bytes.extend_from_slice(m.page(i).with_context(|| format!("image frame {f:#x} does not map"))?);
-        }
-    }
-    Ok(CommittedImage { epoch, bytes })
+    CommittedFrames::locate(xs, fm, app, vm)?.read_all()
 }
 
 #[cfg(test)]

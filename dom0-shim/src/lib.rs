@@ -10,3 +10,5 @@ pub mod restore_stream;
 pub mod ship;
 pub mod netbench;
 pub mod protect;
+pub mod resume;
+pub mod guard;

@@ -3,7 +3,7 @@
 //! Today: domain listing and live dirty-page rates through log-dirty. The
 //! protect/resume pipeline and the appliance commands build on these.
 
-use resilire_shim::{appliance, checkpoint, netbench, protect, ship, xen, xenstore};
+use resilire_shim::{appliance, checkpoint, guard, netbench, protect, resume, ship, xen, xenstore};
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -25,6 +25,12 @@ const USAGE: &str = "usage: resilire-shim <command>
   read-image --appliance NAME --vm VM --out FILE [--compare FILE]
                                         read a VM's committed image out of the appliance by foreign
                                         mapping its published page directory (dom0 only)
+  resume <vm> [--appliance NAME] [--order hot|pfn] [--paused]
+                                        bring a protected VM back on this host from the last epoch
+                                        its appliance committed (map, stream into xl restore, unpause)
+  guard [--appliance NAME] [--missed N] [--min-silence-ms MS] [--primary HOST] [--order hot|pfn] [--once]
+                                        on the backup host: declare a primary dead after N missed
+                                        intervals (default 5) and resume its VM here
   net-sink --port P                     discard TCP traffic (the throughput baseline's far end)
   net-blast --to IP:PORT [--mib N]      plain TCP throughput to a net-sink, MiB/s
   appliance start [--name N] [--kernel ELF] [--memory MiB] [--bridge BR]
@@ -50,8 +56,18 @@ fn run() -> Result<()> {
         Some("checkpoint") => cmd_checkpoint(&args[1..]),
         Some("send-images") => cmd_send_images(&args[1..]),
         Some("protect") => cmd_protect(&args[1..]),
-        Some("status") => protect::print_status(),
+        Some("status") => protect::print_status().and_then(|_| guard::print_status()),
         Some("read-image") => cmd_read_image(&args[1..]),
+        Some("resume") => cmd_resume(&args[1..]),
+        Some("guard") => guard::run(&guard::GuardOptions {
+            appliance: opt(&args[1..], "--appliance").unwrap_or("resilire-appliance").to_string(),
+            missed: flag(&args[1..], "--missed", 5)? as u32,
+            min_silence: Duration::from_millis(flag(&args[1..], "--min-silence-ms", 1000)?),
+            poll: Duration::from_millis(50),
+            primary: opt(&args[1..], "--primary").map(str::to_string),
+            hot_first: order_is_hot(&args[1..])?,
+            once: args.iter().any(|a| a == "--once"),
+        }),
         Some("net-sink") => netbench::sink(flag(&args[1..], "--port", 7790)? as u16),
         Some("net-blast") => {
             let to = opt(&args[1..], "--to").context("--to IP:PORT is required")?;
@@ -358,6 +374,27 @@ fn cmd_read_image(args: &[String]) -> Result<()> {
         }
         println!("read-image: equal to {cmp} byte for byte");
     }
+    Ok(())
+}
+
+fn order_is_hot(args: &[String]) -> Result<bool> {
+    match opt(args, "--order").unwrap_or("hot") {
+        "hot" => Ok(true),
+        "pfn" => Ok(false),
+        other => bail!("--order {other}: hot or pfn"),
+    }
+}
+
+fn cmd_resume(args: &[String]) -> Result<()> {
+    let vm = args.first().filter(|a| !a.starts_with("--")).context("resume needs the VM's name")?;
+    let o = resume::ResumeOptions {
+        vm: vm.clone(),
+        appliance: opt(args, "--appliance").unwrap_or("resilire-appliance").to_string(),
+        hot_first: order_is_hot(args)?,
+        paused: args.iter().any(|a| a == "--paused"),
+    };
+    let r = resume::run(&o)?;
+    println!("{}", resume::describe(&r));
     Ok(())
 }
 

@@ -61,3 +61,32 @@ wait_guest_line() { wait_for "$1" "'$3' on $2's console" grep -q "$3" "$(guest_l
 # workload_cmd <ip> <command>: one request to the guest's workload server.
 workload_cmd() { echo "$2" | nc -w 30 "$1" 7000; }
 
+
+# ---- failover (two hosts: host 0 the primary, host 1 the backup) ----
+FO_KEY=5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17
+FO_APP_IP=10.99.0.50
+FO_GUEST_IP=10.99.0.101
+
+# failover_backup_start: host 1 starts the appliance and the guard (log in
+# /tmp/guard.txt), which resumes the guest here when the primary dies.
+failover_backup_start() {
+    resilire-shim appliance start --name app --memory 320 --ip $FO_APP_IP/24 --port 7780 --budget 256 \
+        --key testvm=$FO_KEY --wait 90 || { dump_guest app; fail "appliance start"; }
+    resilire-shim guard --appliance app --missed 5 --primary "$(host_ip 0)" --once > /tmp/guard.txt 2>&1 &
+}
+
+# failover_primary_start: host 0 starts the guest and protects it to host
+# 1's appliance in the background (log in /tmp/protect.txt).
+failover_primary_start() {
+    wait_for 120 "the backup's appliance" ping -c 1 -W 1 $FO_APP_IP
+    xl create "$(guest_config testvm $FO_GUEST_IP 128 32)" || fail "xl create"
+    wait_guest_line 120 testvm "workload: counter="
+    resilire-shim protect testvm --backup $FO_APP_IP:7780 --key $FO_KEY --interval 200 > /tmp/protect.txt 2>&1 &
+}
+
+# die_now: host 0 has the lab kill its QEMU outright and waits for the end.
+die_now() {
+    show "host 0: killed at $(now) s ($1)"
+    kill_host 0
+    sleep 600
+}

@@ -3,7 +3,7 @@
 //! runner that boots the hosts, follows their serial logs and decides.
 //!
 //! Markers a scenario prints on dom0's console (lib.sh has helpers):
-//! - `LAB: PASS` (host 0; ends the run successfully)
+//! - `LAB: PASS` (host 0, or any host once host 0 was killed; ends the run successfully)
 //! - `LAB: FAIL <why>` (any host; ends the run)
 //! - `LAB: KILL-HOST <n>` (the lab kills host n's QEMU process outright)
 //! - `LAB: SHOW <text>` (shown on the terminal, also in quiet mode)
@@ -128,8 +128,10 @@ fn follow(sc: &Scenario, hosts: &mut [Host], live: bool, start: Instant) -> Resu
                         if !live {
                             println!("  [host{i}] {text}");
                         }
-                    } else if m.starts_with("PASS") && i == 0 {
-                        return Ok((true, "host0 printed PASS".into()));
+                    } else if m.starts_with("PASS") && (i == 0 || hosts[0].killed) {
+                        // host0 decides, unless it was killed (failover):
+                        // then the survivors do.
+                        return Ok((true, format!("host{i} printed PASS")));
                     } else if let Some(why) = m.strip_prefix("FAIL") {
                         return Ok((false, format!("host{i} failed:{why}")));
                     } else if let Some(n) = m.strip_prefix("KILL-HOST ") {
