@@ -144,6 +144,11 @@ impl<'a> Checkpointer<'a> {
         self.layout.len() + TRAILER_PAGES
     }
 
+    /// The restore state as of the last epoch (what the trailer holds).
+    pub fn restore_state(&self) -> &VmState {
+        &self.state
+    }
+
     /// Frames of guest memory held.
     pub fn guest_pages(&self) -> usize {
         self.layout.len()

@@ -12,9 +12,10 @@ const USAGE: &str = "usage: resilire-shim <command>
   domains                               list domains (id, pages, kind, state)
   dirty <domid|name> [--interval-ms N] [--count N]
                                         enable log-dirty and print dirty pages per interval
-  checkpoint <domid|name> [--epochs N] [--interval-ms N] [--verify]
+  checkpoint <domid|name> [--epochs N] [--interval-ms N] [--verify] [--save FILE]
                                         cooperative checkpoints into dom0 memory, pause per epoch;
-                                        --verify compares the copy with the suspended guest at the end
+                                        --verify compares the copy with the suspended guest at the end;
+                                        --save writes the last epoch as a file for `xl restore`
   protect <dom> --backup IP:PORT --key HEX64|@FILE [--interval MS] [--epochs N] [--block-size B] [--final-check]
                                         protect a running PVH guest: initial sync, then one
                                         checkpoint per interval shipped to the appliance
@@ -232,6 +233,15 @@ fn cmd_checkpoint(args: &[String]) -> Result<()> {
     );
     if verify {
         cp.verify_against_guest()?;
+    }
+    if let Some(path) = opt(args, "--save") {
+        // The last epoch as an xl save file: the same writer a resume feeds
+        // `xl restore` from, here from dom0's own copy.
+        let state = cp.restore_state();
+        let order = resilire_shim::restore_stream::restore_order(state, true);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {path}"))?);
+        let n = resilire_shim::restore_stream::write_save_file(&mut f, state, xc.version()?, &order, &mut cp.image())?;
+        println!("checkpoint: epoch {} written as an xl save file: {path} ({n} bytes)", state.epoch);
     }
     Ok(())
 }
