@@ -87,7 +87,8 @@ impl Shipper {
             block_size: block_size as u32,
             group_id: 0,
             features: 0,
-            codec_id: 1,
+            // The codec id is the FGBI format version the encoder writes.
+            codec_id: resilire_codec::FORMAT_VERSION,
             codec_params: &[],
             xl_config: &vm.xl_config,
         });

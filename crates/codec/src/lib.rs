@@ -28,6 +28,10 @@ mod encoder;
 #[cfg(feature = "std")]
 pub use encoder::{EncodeStats, Encoder, EncoderConfig, MemoryOverhead};
 
+/// Version of the record format (`FORMAT.md`) the encoder writes; the decoder also reads every
+/// earlier version (version 2 only added [`tag::ZSPLIT`]).
+pub const FORMAT_VERSION: u16 = 2;
+
 /// Size of a guest page; the unit of dirty tracking and of records.
 pub const PAGE_SIZE: usize = 4096;
 /// Largest chunk the decoder accepts (and the encoder produces by default).
@@ -61,6 +65,14 @@ pub mod tag {
     /// decompresses to `raw_len` bytes of whole records (no nested batches). This record has no
     /// pfn field; its inner records continue the chunk's running page number.
     pub const ZBATCH: u8 = 0x05;
+    /// A batch like [`ZBATCH`], its records split into two separately compressed streams
+    /// (format version 2): the *control* stream (tags, varints, op bytes) and the *literal*
+    /// stream (raw page bytes, LIT payloads, the literal bytes of zero-run deltas). Body:
+    /// `varint raw_len` (at most [`crate::MAX_BATCH_LEN`]), `varint ctl_len` (at most `raw_len`),
+    /// `varint ctl_clen`, the control stream's zstd frame, `varint lit_clen`, the literal
+    /// stream's zstd frame (frames without magic number; an empty stream has `clen` 0 and no
+    /// frame). The records are the two streams merged back ([`crate::split`]).
+    pub const ZSPLIT: u8 = 0x06;
 }
 
 /// Op kinds of a page's op stream (high 3 bits of an op byte).
@@ -464,6 +476,195 @@ pub mod zrle {
     }
 }
 
+/// Splitting a sequence of records into a control and a literal stream, and merging them back
+/// (the body of [`tag::ZSPLIT`]).
+///
+/// The control stream holds every byte of the records except *literal bytes*: the 4096 bytes of
+/// a RAW_PAGE, the payload of a LIT op and the literal bytes of each pair of a PATCH/XOR zero-run
+/// delta. Those go, in order, to the literal stream. Only ZERO_PAGE, RAW_PAGE and OPS records
+/// may be split; the op streams are walked with the block size agreed in HELLO.
+pub mod split {
+    use super::{op, tag, Cursor, Malformed, PAGE_SIZE};
+    use alloc::vec::Vec;
+
+    /// One side of the walk: where control and literal bytes come from and go to.
+    trait Walk {
+        /// Copies one control byte.
+        fn byte(&mut self) -> Result<u8, Malformed>;
+        /// Copies one control varint, which must be at most `max`.
+        fn varint(&mut self, max: u64) -> Result<u64, Malformed>;
+        /// Copies `n` literal bytes.
+        fn lit(&mut self, n: usize) -> Result<(), Malformed>;
+        /// Position in the merged record stream.
+        fn pos(&self) -> usize;
+        /// Whether the record stream is complete.
+        fn done(&self) -> bool;
+    }
+
+    /// Walks whole records (see the module documentation).
+    fn walk<W: Walk>(w: &mut W, bs: usize) -> Result<(), Malformed> {
+        let bpp = PAGE_SIZE / bs;
+        while !w.done() {
+            let t = w.byte()?;
+            w.varint(u64::MAX)?;
+            match t {
+                tag::ZERO_PAGE => {}
+                tag::RAW_PAGE => w.lit(PAGE_SIZE)?,
+                tag::OPS => {
+                    let len = w.varint(crate::MAX_OPS_LEN as u64)? as usize;
+                    let end = w.pos() + len;
+                    let mut blk = 0usize;
+                    while w.pos() < end {
+                        let b = w.byte()?;
+                        let mut n = usize::from(b & 31) + 1;
+                        if n == 32 {
+                            n += w.varint(bpp as u64)? as usize;
+                        }
+                        if n > bpp - blk {
+                            return Err(Malformed);
+                        }
+                        blk += n;
+                        match b >> 5 {
+                            op::SKIP | op::ZERO => {}
+                            op::LIT => w.lit(n * bs)?,
+                            op::REF => {
+                                w.varint(u64::MAX)?;
+                            }
+                            op::XOR | op::PATCH => {
+                                let mut left = n * bs;
+                                while left > 0 {
+                                    let z = w.varint(left as u64)? as usize;
+                                    let l = w.varint((left - z) as u64)? as usize;
+                                    if z == 0 && l == 0 {
+                                        return Err(Malformed);
+                                    }
+                                    w.lit(l)?;
+                                    left -= z + l;
+                                }
+                            }
+                            _ => return Err(Malformed),
+                        }
+                    }
+                    if w.pos() != end {
+                        return Err(Malformed);
+                    }
+                }
+                _ => return Err(Malformed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the varint at the front of `cur` (at most `max`) to `out`, returns its value.
+    fn copy_varint(cur: &mut Cursor<'_>, out: &mut Vec<u8>, max: u64) -> Result<u64, Malformed> {
+        let before = cur.buf;
+        let v = cur.varint()?;
+        if v > max {
+            return Err(Malformed);
+        }
+        out.extend_from_slice(before.get(..before.len() - cur.buf.len()).ok_or(Malformed)?);
+        Ok(v)
+    }
+
+    struct Splitter<'a, 'o> {
+        src: Cursor<'a>,
+        len: usize,
+        ctl: &'o mut Vec<u8>,
+        lit: &'o mut Vec<u8>,
+    }
+
+    impl Walk for Splitter<'_, '_> {
+        fn byte(&mut self) -> Result<u8, Malformed> {
+            let b = self.src.u8()?;
+            self.ctl.push(b);
+            Ok(b)
+        }
+        fn varint(&mut self, max: u64) -> Result<u64, Malformed> {
+            copy_varint(&mut self.src, self.ctl, max)
+        }
+        fn lit(&mut self, n: usize) -> Result<(), Malformed> {
+            self.lit.extend_from_slice(self.src.take(n)?);
+            Ok(())
+        }
+        fn pos(&self) -> usize {
+            self.len - self.src.remaining()
+        }
+        fn done(&self) -> bool {
+            self.src.is_empty()
+        }
+    }
+
+    struct Merger<'a, 'o> {
+        ctl: Cursor<'a>,
+        lit: Cursor<'a>,
+        out: &'o mut Vec<u8>,
+        max: usize,
+    }
+
+    impl Merger<'_, '_> {
+        fn room(&self, n: usize) -> Result<(), Malformed> {
+            if n > self.max - self.out.len() {
+                Err(Malformed)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Walk for Merger<'_, '_> {
+        fn byte(&mut self) -> Result<u8, Malformed> {
+            self.room(1)?;
+            let b = self.ctl.u8()?;
+            self.out.push(b);
+            Ok(b)
+        }
+        fn varint(&mut self, max: u64) -> Result<u64, Malformed> {
+            let before = self.ctl.buf;
+            let v = self.ctl.varint()?;
+            let bytes = before.get(..before.len() - self.ctl.buf.len()).ok_or(Malformed)?;
+            if v > max {
+                return Err(Malformed);
+            }
+            self.room(bytes.len())?;
+            self.out.extend_from_slice(bytes);
+            Ok(v)
+        }
+        fn lit(&mut self, n: usize) -> Result<(), Malformed> {
+            self.room(n)?;
+            self.out.extend_from_slice(self.lit.take(n)?);
+            Ok(())
+        }
+        fn pos(&self) -> usize {
+            self.out.len()
+        }
+        fn done(&self) -> bool {
+            self.ctl.is_empty()
+        }
+    }
+
+    /// Appends the control bytes of `records` to `ctl` and its literal bytes to `lit`. Fails
+    /// (with partial output) if `records` holds anything but whole ZERO_PAGE, RAW_PAGE and OPS
+    /// records for block size `bs`.
+    pub fn split(records: &[u8], bs: usize, ctl: &mut Vec<u8>, lit: &mut Vec<u8>) -> Result<(), Malformed> {
+        crate::check_block_size(bs).map_err(|_| Malformed)?;
+        walk(&mut Splitter { src: Cursor::new(records), len: records.len(), ctl, lit }, bs)
+    }
+
+    /// Merges a control and a literal stream back into records, appended to `out` (which must
+    /// not grow beyond `max` bytes). Both streams must be consumed exactly.
+    pub fn merge(ctl: &[u8], lit: &[u8], bs: usize, out: &mut Vec<u8>, max: usize) -> Result<(), Malformed> {
+        crate::check_block_size(bs).map_err(|_| Malformed)?;
+        let max = max.max(out.len());
+        let mut m = Merger { ctl: Cursor::new(ctl), lit: Cursor::new(lit), out, max };
+        walk(&mut m, bs)?;
+        if m.lit.is_empty() {
+            Ok(())
+        } else {
+            Err(Malformed)
+        }
+    }
+}
+
 /// Where decoded pages go: the staged image of one VM.
 ///
 /// The decoder reads the staged image as it is *before* the record being applied (references and
@@ -547,14 +748,16 @@ pub struct ChunkStats {
 /// The zstd frame magic number, stripped by the encoder from ZOPS payloads.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-/// Backup-side decoder of one VM's epochs. Holds scratch buffers only (about 3 pages plus the
-/// zstd decoder's state); all image state lives in the [`PageTarget`].
+/// Backup-side decoder of one VM's epochs. Holds scratch buffers only (a page, 8 KiB of op
+/// stream and two batch-sized buffers of 256 KiB, plus the zstd decoder's state); all image state lives in the [`PageTarget`].
 pub struct Decoder {
     block_size: usize,
     page: Box<[u8; PAGE_SIZE]>,
     ops: Vec<u8>,
     zframe: Vec<u8>,
     batch: Vec<u8>,
+    /// The two streams of a [`tag::ZSPLIT`] batch, decompressed (control, then literal).
+    streams: Vec<u8>,
     zdec: ruzstd::decoding::FrameDecoder,
 }
 
@@ -574,6 +777,7 @@ impl Decoder {
             ops: vec![0u8; MAX_OPS_LEN],
             zframe: Vec::new(),
             batch: Vec::new(),
+            streams: Vec::new(),
             zdec: ruzstd::decoding::FrameDecoder::new(),
         })
     }
@@ -614,6 +818,30 @@ impl Decoder {
             let offset = base_offset + bytes.len() - cur.remaining();
             let bad = |_| DecodeError::Malformed { offset };
             let t = cur.u8().map_err(bad)?;
+            if t == tag::ZSPLIT {
+                if !outer {
+                    return Err(DecodeError::Malformed { offset });
+                }
+                let raw_len = cur.varint_max(MAX_BATCH_LEN).map_err(bad)?;
+                let ctl_len = cur.varint_max(raw_len).map_err(bad)?;
+                let ctl_clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
+                let ctl_frame = cur.take(ctl_clen).map_err(bad)?;
+                let lit_clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
+                let lit_frame = cur.take(lit_clen).map_err(bad)?;
+                let mut streams = core::mem::take(&mut self.streams);
+                let mut batch = core::mem::take(&mut self.batch);
+                streams.resize(raw_len, 0);
+                batch.clear();
+                let r = self.unsplit(ctl_frame, lit_frame, ctl_len, &mut streams, &mut batch);
+                let r = match r {
+                    Ok(()) => self.apply_records(target, &batch, offset, next_pfn, stats, false),
+                    Err(_) => Err(DecodeError::Malformed { offset }),
+                };
+                self.streams = streams;
+                self.batch = batch;
+                r?;
+                continue;
+            }
             if t == tag::ZBATCH {
                 if !outer {
                     return Err(DecodeError::Malformed { offset });
@@ -667,6 +895,37 @@ impl Decoder {
             stats.records += 1;
         }
         Ok(())
+    }
+
+    /// Decompresses the two streams of a ZSPLIT (into `streams`, already `raw_len` long) and
+    /// merges them into `batch` (cleared), which must come out exactly `raw_len` long.
+    fn unsplit(
+        &mut self,
+        ctl_frame: &[u8],
+        lit_frame: &[u8],
+        ctl_len: usize,
+        streams: &mut [u8],
+        batch: &mut Vec<u8>,
+    ) -> Result<(), Malformed> {
+        let raw_len = streams.len();
+        let (c, l) = streams.split_at_mut(ctl_len.min(raw_len));
+        self.inflate_opt(ctl_frame, c)?;
+        self.inflate_opt(lit_frame, l)?;
+        split::merge(c, l, self.block_size, batch, raw_len)?;
+        if batch.len() == raw_len {
+            Ok(())
+        } else {
+            Err(Malformed)
+        }
+    }
+
+    /// Like [`Decoder::inflate`], but an empty `out` must come with an empty frame (no frame).
+    fn inflate_opt(&mut self, frame: &[u8], out: &mut [u8]) -> Result<(), Malformed> {
+        match (frame.is_empty(), out.is_empty()) {
+            (true, true) => Ok(()),
+            (false, false) => self.inflate(frame, out),
+            _ => Err(Malformed),
+        }
     }
 
     /// Decompresses a magic-less zstd frame into `out`.

@@ -62,14 +62,16 @@ struct Knobs {
     small_chunks: bool,
     batches: bool,
     patch: bool,
+    split: bool,
 }
 
 fn knobs() -> impl Strategy<Value = Knobs> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d)| Knobs {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d, e)| Knobs {
         small_index: a,
         small_chunks: b,
         batches: c,
         patch: d,
+        split: e,
     })
 }
 
@@ -81,6 +83,7 @@ fn roundtrip(block_size: usize, epochs: &[Vec<Mutation>], k: Knobs) {
         max_chunk_len: if k.small_chunks { 0 } else { resilire_codec::MAX_CHUNK_LEN },
         batch_len: if k.batches { EncoderConfig::default().batch_len } else { 0 },
         patch: k.patch,
+        split: k.split,
         ..EncoderConfig::default()
     };
     let mut enc = Encoder::new(cfg, PAGES as u64).unwrap();
@@ -113,6 +116,66 @@ proptest! {
         for shift in 5..=12 {
             roundtrip(1 << shift, &epochs, k);
         }
+    }
+}
+
+/// The records of an epoch encoded without batches (inline ZERO_PAGE/RAW_PAGE/OPS records).
+fn inline_records(block_size: usize, epochs: &[Vec<Mutation>]) -> Vec<Vec<u8>> {
+    let cfg = EncoderConfig { block_size, batch_len: 0, zstd_level: -131072, ..EncoderConfig::default() };
+    let mut enc = Encoder::new(cfg, PAGES as u64).unwrap();
+    let mut img = vec![0u8; PAGES * PAGE_SIZE];
+    let mut out = Vec::new();
+    for muts in epochs {
+        for m in muts {
+            apply(&mut img, m);
+        }
+        enc.encode_epoch(&img, 0..PAGES as u64, &mut |c| out.push(c.to_vec()));
+        enc.commit_epoch();
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn split_streams_merge_back(
+        epochs in prop::collection::vec(prop::collection::vec(mutation(), 0..12), 1..4),
+    ) {
+        for shift in 5..=12 {
+            let bs = 1 << shift;
+            for recs in inline_records(bs, &epochs) {
+                let (mut ctl, mut lit) = (Vec::new(), Vec::new());
+                if resilire_codec::split::split(&recs, bs, &mut ctl, &mut lit).is_err() {
+                    // Records the split does not cover (ZOPS): the encoder then keeps ZBATCH.
+                    prop_assert!(recs.contains(&resilire_codec::tag::ZOPS));
+                    continue;
+                }
+                prop_assert_eq!(ctl.len() + lit.len(), recs.len());
+                let mut back = Vec::new();
+                resilire_codec::split::merge(&ctl, &lit, bs, &mut back, recs.len()).unwrap();
+                prop_assert_eq!(&back, &recs);
+                // One byte less room, or a byte more or less of literals: refused, no panic.
+                let mut b2 = Vec::new();
+                if !recs.is_empty() {
+                    prop_assert!(resilire_codec::split::merge(&ctl, &lit, bs, &mut b2, recs.len() - 1).is_err());
+                }
+                let mut lit2 = lit.clone();
+                lit2.push(0);
+                b2.clear();
+                prop_assert!(resilire_codec::split::merge(&ctl, &lit2, bs, &mut b2, usize::MAX).is_err());
+                if !lit.is_empty() {
+                    b2.clear();
+                    prop_assert!(resilire_codec::split::merge(&ctl, &lit[1..], bs, &mut b2, usize::MAX).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn merge_never_panics(ctl in prop::collection::vec(any::<u8>(), 0..300), lit in prop::collection::vec(any::<u8>(), 0..300), shift in 5..=12u32) {
+        let mut out = Vec::new();
+        let _ = resilire_codec::split::merge(&ctl, &lit, 1 << shift, &mut out, 1 << 18);
+        prop_assert!(out.len() <= 1 << 18);
     }
 }
 

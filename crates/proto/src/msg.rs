@@ -82,7 +82,7 @@ pub struct Hello<'a> {
     pub group_id: u64,
     /// Optional features the primary offers (bit set; none defined in version 1).
     pub features: u64,
-    /// Codec identifier (1: FGBI version 1).
+    /// Codec identifier (1: FGBI format version 1, 2: FGBI format version 2).
     pub codec_id: u16,
     /// Opaque codec parameters (at most [`MAX_CODEC_PARAMS`] bytes).
     pub codec_params: &'a [u8],

@@ -76,8 +76,13 @@ use sha2::{Digest, Sha256};
 /// A protected VM's id on the wire (the frame header's `vm_id`) and in the store ([`ImageId`]).
 pub type VmId = ImageId;
 
-/// The codec id HELLO must carry: FGBI version 1.
+/// Codec id of FGBI format version 1.
 pub const CODEC_FGBI_V1: u16 = 1;
+/// Codec id of FGBI format version 2 (adds split batches, `ZSPLIT`); the codec id is the FGBI
+/// format version. HELLO must carry one of `CODEC_FGBI_V1..=CODEC_FGBI_V2` (the decoder reads
+/// every version up to [`resilire_codec::FORMAT_VERSION`]).
+pub const CODEC_FGBI_V2: u16 = 2;
+const _: () = assert!(CODEC_FGBI_V2 == resilire_codec::FORMAT_VERSION);
 
 /// The wire id of the VM configured under `name` (the key's name in the appliance's
 /// configuration): the first 8 bytes, little-endian, of
@@ -1139,10 +1144,10 @@ impl<A: FrameAllocator> Receiver<A> {
             return Err(Fail::Refuse(ErrorCode::UNKNOWN_VM, format!("the key of VM '{}' was changed or withdrawn", v.name)));
         }
         let name = v.name.clone();
-        if h.codec_id != CODEC_FGBI_V1 {
+        if !(CODEC_FGBI_V1..=CODEC_FGBI_V2).contains(&h.codec_id) {
             return Err(Fail::Refuse(
                 ErrorCode::PROTOCOL,
-                format!("codec {} not supported (this appliance speaks FGBI v1 = {CODEC_FGBI_V1})", h.codec_id),
+                format!("codec {} not supported (this appliance speaks FGBI v1..v2 = {CODEC_FGBI_V1}..{CODEC_FGBI_V2})", h.codec_id),
             ));
         }
         let decoder = Decoder::new(h.block_size as usize)
