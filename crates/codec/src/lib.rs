@@ -165,13 +165,26 @@ impl<'a> Cursor<'a> {
         self.buf.len()
     }
     /// Reads one byte.
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, Malformed> {
         let (&b, rest) = self.buf.split_first().ok_or(Malformed)?;
         self.buf = rest;
         Ok(b)
     }
     /// Reads a LEB128 varint of at most 10 bytes that fits in a u64.
+    #[inline]
     pub fn varint(&mut self) -> Result<u64, Malformed> {
+        // Fast path: one-byte varints (most lengths, runs and page deltas).
+        if let Some((&b, rest)) = self.buf.split_first() {
+            if b < 0x80 {
+                self.buf = rest;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_long()
+    }
+
+    fn varint_long(&mut self) -> Result<u64, Malformed> {
         let mut v: u64 = 0;
         for i in 0..10u32 {
             let b = self.u8()?;
@@ -187,6 +200,7 @@ impl<'a> Cursor<'a> {
         Err(Malformed)
     }
     /// Reads a varint that must be at most `max`, as usize.
+    #[inline]
     pub fn varint_max(&mut self, max: usize) -> Result<usize, Malformed> {
         let v = self.varint()?;
         if v > max as u64 {
@@ -195,6 +209,7 @@ impl<'a> Cursor<'a> {
         Ok(v as usize)
     }
     /// Takes the next `n` bytes.
+    #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         if n > self.buf.len() {
             return Err(Malformed);
@@ -487,38 +502,44 @@ pub mod split {
     use super::{op, tag, Cursor, Malformed, PAGE_SIZE};
     use alloc::vec::Vec;
 
-    /// One side of the walk: where control and literal bytes come from and go to.
-    trait Walk {
-        /// Copies one control byte.
-        fn byte(&mut self) -> Result<u8, Malformed>;
-        /// Copies one control varint, which must be at most `max`.
-        fn varint(&mut self, max: u64) -> Result<u64, Malformed>;
-        /// Copies `n` literal bytes.
+    /// One side of the walk. Control bytes are parsed from [`Walk::ctl`] and copied in bulk,
+    /// between literal runs, by [`Walk::lit`] and [`Walk::finish`].
+    trait Walk<'a> {
+        /// The cursor over control bytes.
+        fn ctl(&mut self) -> &mut Cursor<'a>;
+        /// Copies the control bytes parsed since the last literal run, then `n` literal bytes.
         fn lit(&mut self, n: usize) -> Result<(), Malformed>;
         /// Position in the merged record stream.
         fn pos(&self) -> usize;
-        /// Whether the record stream is complete.
-        fn done(&self) -> bool;
+        /// Copies the control bytes parsed since the last literal run.
+        fn finish(&mut self) -> Result<(), Malformed>;
+    }
+
+    #[inline]
+    fn varint_max(c: &mut Cursor<'_>, max: usize) -> Result<usize, Malformed> {
+        c.varint_max(max)
     }
 
     /// Walks whole records (see the module documentation).
-    fn walk<W: Walk>(w: &mut W, bs: usize) -> Result<(), Malformed> {
+    fn walk<'a, W: Walk<'a>>(w: &mut W, bs: usize) -> Result<(), Malformed> {
         let bpp = PAGE_SIZE / bs;
-        while !w.done() {
-            let t = w.byte()?;
-            w.varint(u64::MAX)?;
+        while !w.ctl().is_empty() {
+            let c = w.ctl();
+            let t = c.u8()?;
+            c.varint()?;
             match t {
                 tag::ZERO_PAGE => {}
                 tag::RAW_PAGE => w.lit(PAGE_SIZE)?,
                 tag::OPS => {
-                    let len = w.varint(crate::MAX_OPS_LEN as u64)? as usize;
+                    let len = varint_max(w.ctl(), crate::MAX_OPS_LEN)?;
                     let end = w.pos() + len;
                     let mut blk = 0usize;
                     while w.pos() < end {
-                        let b = w.byte()?;
+                        let c = w.ctl();
+                        let b = c.u8()?;
                         let mut n = usize::from(b & 31) + 1;
                         if n == 32 {
-                            n += w.varint(bpp as u64)? as usize;
+                            n += varint_max(c, bpp)?;
                         }
                         if n > bpp - blk {
                             return Err(Malformed);
@@ -528,17 +549,20 @@ pub mod split {
                             op::SKIP | op::ZERO => {}
                             op::LIT => w.lit(n * bs)?,
                             op::REF => {
-                                w.varint(u64::MAX)?;
+                                c.varint()?;
                             }
                             op::XOR | op::PATCH => {
                                 let mut left = n * bs;
                                 while left > 0 {
-                                    let z = w.varint(left as u64)? as usize;
-                                    let l = w.varint((left - z) as u64)? as usize;
+                                    let c = w.ctl();
+                                    let z = varint_max(c, left)?;
+                                    let l = varint_max(c, left - z)?;
                                     if z == 0 && l == 0 {
                                         return Err(Malformed);
                                     }
-                                    w.lit(l)?;
+                                    if l > 0 {
+                                        w.lit(l)?;
+                                    }
                                     left -= z + l;
                                 }
                             }
@@ -552,93 +576,86 @@ pub mod split {
                 _ => return Err(Malformed),
             }
         }
-        Ok(())
+        w.finish()
     }
 
-    /// Copies the varint at the front of `cur` (at most `max`) to `out`, returns its value.
-    fn copy_varint(cur: &mut Cursor<'_>, out: &mut Vec<u8>, max: u64) -> Result<u64, Malformed> {
-        let before = cur.buf;
-        let v = cur.varint()?;
-        if v > max {
-            return Err(Malformed);
-        }
-        out.extend_from_slice(before.get(..before.len() - cur.buf.len()).ok_or(Malformed)?);
-        Ok(v)
-    }
-
+    /// Splits: the control cursor runs over the merged records themselves.
     struct Splitter<'a, 'o> {
         src: Cursor<'a>,
-        len: usize,
+        all: &'a [u8],
+        /// Start (in `all`) of the control bytes not yet copied.
+        mark: usize,
         ctl: &'o mut Vec<u8>,
         lit: &'o mut Vec<u8>,
     }
 
-    impl Walk for Splitter<'_, '_> {
-        fn byte(&mut self) -> Result<u8, Malformed> {
-            let b = self.src.u8()?;
-            self.ctl.push(b);
-            Ok(b)
-        }
-        fn varint(&mut self, max: u64) -> Result<u64, Malformed> {
-            copy_varint(&mut self.src, self.ctl, max)
+    impl<'a> Walk<'a> for Splitter<'a, '_> {
+        #[inline]
+        fn ctl(&mut self) -> &mut Cursor<'a> {
+            &mut self.src
         }
         fn lit(&mut self, n: usize) -> Result<(), Malformed> {
-            self.lit.extend_from_slice(self.src.take(n)?);
+            let at = self.pos();
+            let l = self.src.take(n)?;
+            self.ctl.extend_from_slice(self.all.get(self.mark..at).ok_or(Malformed)?);
+            self.lit.extend_from_slice(l);
+            self.mark = at + n;
             Ok(())
         }
+        #[inline]
         fn pos(&self) -> usize {
-            self.len - self.src.remaining()
+            self.all.len() - self.src.remaining()
         }
-        fn done(&self) -> bool {
-            self.src.is_empty()
+        fn finish(&mut self) -> Result<(), Malformed> {
+            let at = self.pos();
+            self.ctl.extend_from_slice(self.all.get(self.mark..at).ok_or(Malformed)?);
+            self.mark = at;
+            Ok(())
         }
     }
 
+    /// Merges: control bytes are parsed from the control stream and copied to `out` in bulk.
     struct Merger<'a, 'o> {
         ctl: Cursor<'a>,
+        ctl_all: &'a [u8],
+        /// Start (in `ctl_all`) of the control bytes not yet copied.
+        mark: usize,
         lit: Cursor<'a>,
         out: &'o mut Vec<u8>,
         max: usize,
     }
 
     impl Merger<'_, '_> {
-        fn room(&self, n: usize) -> Result<(), Malformed> {
-            if n > self.max - self.out.len() {
-                Err(Malformed)
-            } else {
-                Ok(())
+        /// Copies the parsed control bytes and `lit` bytes of literals, within `max`.
+        fn copy(&mut self, n: usize) -> Result<(), Malformed> {
+            let at = self.ctl_all.len() - self.ctl.remaining();
+            let c = self.ctl_all.get(self.mark..at).ok_or(Malformed)?;
+            if c.len() + n > self.max - self.out.len() {
+                return Err(Malformed);
             }
+            let l = self.lit.take(n)?;
+            self.out.extend_from_slice(c);
+            self.out.extend_from_slice(l);
+            self.mark = at;
+            Ok(())
         }
     }
 
-    impl Walk for Merger<'_, '_> {
-        fn byte(&mut self) -> Result<u8, Malformed> {
-            self.room(1)?;
-            let b = self.ctl.u8()?;
-            self.out.push(b);
-            Ok(b)
-        }
-        fn varint(&mut self, max: u64) -> Result<u64, Malformed> {
-            let before = self.ctl.buf;
-            let v = self.ctl.varint()?;
-            let bytes = before.get(..before.len() - self.ctl.buf.len()).ok_or(Malformed)?;
-            if v > max {
-                return Err(Malformed);
-            }
-            self.room(bytes.len())?;
-            self.out.extend_from_slice(bytes);
-            Ok(v)
+    impl<'a> Walk<'a> for Merger<'a, '_> {
+        #[inline]
+        fn ctl(&mut self) -> &mut Cursor<'a> {
+            &mut self.ctl
         }
         fn lit(&mut self, n: usize) -> Result<(), Malformed> {
-            self.room(n)?;
-            self.out.extend_from_slice(self.lit.take(n)?);
-            Ok(())
+            self.copy(n)
         }
+        #[inline]
         fn pos(&self) -> usize {
-            self.out.len()
+            // Copied bytes plus the control bytes parsed since.
+            self.out.len() + (self.ctl_all.len() - self.ctl.remaining()) - self.mark
         }
-        fn done(&self) -> bool {
-            self.ctl.is_empty()
+        fn finish(&mut self) -> Result<(), Malformed> {
+            self.copy(0)
         }
     }
 
@@ -647,7 +664,7 @@ pub mod split {
     /// records for block size `bs`.
     pub fn split(records: &[u8], bs: usize, ctl: &mut Vec<u8>, lit: &mut Vec<u8>) -> Result<(), Malformed> {
         crate::check_block_size(bs).map_err(|_| Malformed)?;
-        walk(&mut Splitter { src: Cursor::new(records), len: records.len(), ctl, lit }, bs)
+        walk(&mut Splitter { src: Cursor::new(records), all: records, mark: 0, ctl, lit }, bs)
     }
 
     /// Merges a control and a literal stream back into records, appended to `out` (which must
@@ -655,7 +672,7 @@ pub mod split {
     pub fn merge(ctl: &[u8], lit: &[u8], bs: usize, out: &mut Vec<u8>, max: usize) -> Result<(), Malformed> {
         crate::check_block_size(bs).map_err(|_| Malformed)?;
         let max = max.max(out.len());
-        let mut m = Merger { ctl: Cursor::new(ctl), lit: Cursor::new(lit), out, max };
+        let mut m = Merger { ctl: Cursor::new(ctl), ctl_all: ctl, mark: 0, lit: Cursor::new(lit), out, max };
         walk(&mut m, bs)?;
         if m.lit.is_empty() {
             Ok(())
