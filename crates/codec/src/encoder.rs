@@ -147,6 +147,13 @@ pub struct Encoder {
     zout2: Vec<u8>,
     ctl: Vec<u8>,
     lit: Vec<u8>,
+    /// Literal bytes of the op stream in `ops` (position, length), as [`split`](crate::split)
+    /// defines them.
+    ops_spans: Vec<(u32, u32)>,
+    /// Literal bytes of the open batch (position, length), in order.
+    batch_spans: Vec<(u32, u32)>,
+    /// Whether `batch_spans` describes the open batch (false once it holds a ZOPS record).
+    batch_splittable: bool,
     chunk: Vec<u8>,
     batch: Vec<u8>,
     next_pfn: u64,
@@ -204,19 +211,40 @@ fn compress(zc: &mut zstd::bulk::Compressor<'static>, src: &[u8], zout: &mut Vec
 /// Appends a delta op (PATCH or XOR) for the blocks `b..e` of the page `old` → `new` (byte
 /// mask `m`), or a LIT op if the delta would not be smaller; returns whether LIT was used.
 #[allow(clippy::too_many_arguments)]
-fn put_delta(ops: &mut Vec<u8>, old: &[u8], new: &[u8], m: &[u64], b: usize, e: usize, bs: usize, patch: bool) -> bool {
+/// Literal spans of the op stream (`spans`, see [`Encoder::ops_spans`]) are kept in step.
+#[allow(clippy::too_many_arguments)]
+fn put_delta(
+    ops: &mut Vec<u8>,
+    spans: &mut Vec<(u32, u32)>,
+    old: &[u8],
+    new: &[u8],
+    m: &[u64],
+    b: usize,
+    e: usize,
+    bs: usize,
+    patch: bool,
+) -> bool {
     let n = e - b;
     let start = ops.len();
     put_op(ops, if patch { op::PATCH } else { op::XOR }, n);
     let body = ops.len();
-    zrle::encode_masked(old, new, m, b * bs, e * bs, ops, !patch);
+    zrle::encode_masked_spans(old, new, m, b * bs, e * bs, ops, !patch, spans);
     if ops.len() - body >= n * bs {
-        ops.truncate(start);
+        truncate_ops(ops, spans, start);
         put_op(ops, op::LIT, n);
+        spans.push((ops.len() as u32, (n * bs) as u32));
         ops.extend_from_slice(&new[b * bs..e * bs]);
         true
     } else {
         false
+    }
+}
+
+/// Truncates an op stream and its literal spans to `len` bytes.
+fn truncate_ops(ops: &mut Vec<u8>, spans: &mut Vec<(u32, u32)>, len: usize) {
+    ops.truncate(len);
+    while spans.last().is_some_and(|&(s, _)| s as usize >= len) {
+        spans.pop();
     }
 }
 
@@ -276,6 +304,9 @@ impl Encoder {
             zout2: Vec::with_capacity(zstd::zstd_safe::compress_bound(MAX_BATCH_LEN) + 64),
             ctl: Vec::with_capacity(MAX_BATCH_LEN),
             lit: Vec::with_capacity(MAX_BATCH_LEN),
+            ops_spans: Vec::with_capacity(PAGE_SIZE / 2),
+            batch_spans: Vec::new(),
+            batch_splittable: true,
             chunk: Vec::with_capacity(MAX_CHUNK_LEN),
             batch: Vec::with_capacity(MAX_BATCH_LEN),
             next_pfn: 0,
@@ -314,6 +345,7 @@ impl Encoder {
                 + self.zout2.capacity()
                 + self.ctl.capacity()
                 + self.lit.capacity()
+                + (self.ops_spans.capacity() + self.batch_spans.capacity()) * 8
                 + self.chunk.capacity()
                 + self.batch.capacity()
                 + self.kinds.capacity() * std::mem::size_of::<Kind>()
@@ -442,6 +474,7 @@ impl Encoder {
 
             // 3. Op stream with runs.
             self.ops.clear();
+            self.ops_spans.clear();
             let mut pred: Option<u64> = None;
             let mut b = 0;
             while b < bpp {
@@ -497,16 +530,17 @@ impl Encoder {
                     }
                     Kind::Lit => {
                         put_op(&mut self.ops, op::LIT, n);
+                        self.ops_spans.push((self.ops.len() as u32, (n * bs) as u32));
                         self.ops.extend_from_slice(&page[b * bs..e * bs]);
                     }
                     Kind::Xor => {
                         let start = self.ops.len();
                         let o = &self.shadow[base..base + PAGE_SIZE];
-                        let lit = put_delta(&mut self.ops, o, page, &self.dmask[..], b, e, bs, self.cfg.patch);
+                        let lit = put_delta(&mut self.ops, &mut self.ops_spans, o, page, &self.dmask[..], b, e, bs, self.cfg.patch);
                         if lit && self.kinds[b..e].contains(&Kind::Skip) {
                             // Mostly new content: literal blocks, but keep the unchanged
                             // blocks of the run as skips.
-                            self.ops.truncate(start);
+                            truncate_ops(&mut self.ops, &mut self.ops_spans, start);
                             let mut i = b;
                             while i < e {
                                 let mut j = i;
@@ -518,7 +552,7 @@ impl Encoder {
                                     put_op(&mut self.ops, op::SKIP, j - i);
                                 } else {
                                     let o = &self.shadow[base..base + PAGE_SIZE];
-                                    put_delta(&mut self.ops, o, page, &self.dmask[..], i, j, bs, self.cfg.patch);
+                                    put_delta(&mut self.ops, &mut self.ops_spans, o, page, &self.dmask[..], i, j, bs, self.cfg.patch);
                                 }
                                 i = j;
                             }
@@ -559,6 +593,7 @@ impl Encoder {
                 0 => {
                     self.batch.push(tag::RAW_PAGE);
                     varint::put(&mut self.batch, delta);
+                    self.batch_spans.push((self.batch.len() as u32, PAGE_SIZE as u32));
                     self.batch.extend_from_slice(page);
                     self.stats.raw_pages += 1;
                 }
@@ -566,6 +601,8 @@ impl Encoder {
                     self.batch.push(tag::OPS);
                     varint::put(&mut self.batch, delta);
                     varint::put(&mut self.batch, ops_len as u64);
+                    let base = self.batch.len() as u32;
+                    self.batch_spans.extend(self.ops_spans.iter().map(|&(s, l)| (base + s, l)));
                     self.batch.extend_from_slice(&self.ops);
                     self.stats.ops_pages += 1;
                 }
@@ -575,6 +612,8 @@ impl Encoder {
                     } else {
                         (self.ops2.len(), &self.zout2)
                     };
+                    // Not splittable (only written without batches, which are never split).
+                    self.batch_splittable = false;
                     self.batch.push(tag::ZOPS);
                     varint::put(&mut self.batch, delta);
                     varint::put(&mut self.batch, raw_len as u64);
@@ -620,7 +659,22 @@ impl Encoder {
             // stream, at about the same cost).
             self.ctl.clear();
             self.lit.clear();
-            if crate::split::split(&self.batch, self.bs, &mut self.ctl, &mut self.lit).is_ok() {
+            if self.batch_splittable {
+                // The literal spans recorded while writing the records: no second parse.
+                let mut at = 0usize;
+                for &(s, l) in &self.batch_spans {
+                    let (s, l) = (s as usize, l as usize);
+                    self.ctl.extend_from_slice(&self.batch[at..s]);
+                    self.lit.extend_from_slice(&self.batch[s..s + l]);
+                    at = s + l;
+                }
+                self.ctl.extend_from_slice(&self.batch[at..]);
+                #[cfg(debug_assertions)]
+                {
+                    let (mut c, mut l) = (Vec::new(), Vec::new());
+                    crate::split::split(&self.batch, self.bs, &mut c, &mut l).expect("split");
+                    assert!(c == self.ctl && l == self.lit, "literal spans disagree with split::split");
+                }
                 let cc = if self.ctl.is_empty() { Some(0) } else { compress(&mut self.zc, &self.ctl, &mut self.zout) };
                 let lc = if self.lit.is_empty() { Some(0) } else { compress(&mut self.zc, &self.lit, &mut self.zout2) };
                 if let (Some(cc), Some(lc)) = (cc, lc) {
@@ -643,7 +697,7 @@ impl Encoder {
                         if lc > 0 {
                             self.chunk.extend_from_slice(&self.zout2[4..]);
                         }
-                        self.batch.clear();
+                        self.clear_batch();
                         self.stats.batches += 1;
                         return;
                     }
@@ -658,14 +712,20 @@ impl Encoder {
                     varint::put(&mut self.chunk, self.batch.len() as u64);
                     varint::put(&mut self.chunk, c as u64);
                     self.chunk.extend_from_slice(&self.zout[4..]);
-                    self.batch.clear();
+                    self.clear_batch();
                     self.stats.batches += 1;
                     return;
                 }
             }
         }
         self.chunk.extend_from_slice(&self.batch);
+        self.clear_batch();
+    }
+
+    fn clear_batch(&mut self) {
         self.batch.clear();
+        self.batch_spans.clear();
+        self.batch_splittable = true;
     }
 
     /// Emits the current chunk (with the open batch) if it is not empty.
@@ -727,7 +787,7 @@ impl Encoder {
         self.undo_blocks.clear();
         self.undo_data.clear();
         self.chunk.clear();
-        self.batch.clear();
+        self.clear_batch();
         self.next_pfn = 0;
     }
 }

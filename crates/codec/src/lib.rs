@@ -456,6 +456,40 @@ pub mod zrle {
         }
     }
 
+    /// [`encode_masked`], also appending to `spans` the position in `out` and the length of
+    /// each non-empty run of literal bytes it writes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_masked_spans(
+        old: &[u8],
+        new: &[u8],
+        m: &[u64],
+        s: usize,
+        e: usize,
+        out: &mut Vec<u8>,
+        xor: bool,
+        spans: &mut Vec<(u32, u32)>,
+    ) {
+        let mut i = s;
+        while i < e {
+            let zs = i;
+            let ls = next_one(m, i, e);
+            if ls >= e {
+                put_pair(out, old, new, zs, e, e, xor);
+                break;
+            }
+            let le = next_stop(m, ls + 1, e);
+            varint::put(out, (ls - zs) as u64);
+            varint::put(out, (le - ls) as u64);
+            spans.push((out.len() as u32, (le - ls) as u32));
+            if xor {
+                out.extend(old[ls..le].iter().zip(&new[ls..le]).map(|(a, b)| a ^ b));
+            } else {
+                out.extend_from_slice(&new[ls..le]);
+            }
+            i = le;
+        }
+    }
+
     /// Reads a delta covering `target.len()` bytes from `cur` and XORs it into `target`.
     pub fn apply_xor(cur: &mut Cursor<'_>, target: &mut [u8]) -> Result<(), Malformed> {
         apply(cur, target, true)
