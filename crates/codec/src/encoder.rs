@@ -210,8 +210,7 @@ fn compress(zc: &mut zstd::bulk::Compressor<'static>, src: &[u8], zout: &mut Vec
 
 /// Appends a delta op (PATCH or XOR) for the blocks `b..e` of the page `old` → `new` (byte
 /// mask `m`), or a LIT op if the delta would not be smaller; returns whether LIT was used.
-#[allow(clippy::too_many_arguments)]
-/// Literal spans of the op stream (`spans`, see [`Encoder::ops_spans`]) are kept in step.
+/// The literal spans of the op stream (`spans`, see `Encoder::ops_spans`) are kept in step.
 #[allow(clippy::too_many_arguments)]
 fn put_delta(
     ops: &mut Vec<u8>,
