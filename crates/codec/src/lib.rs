@@ -863,11 +863,11 @@ impl Decoder {
         stats: &mut ChunkStats,
         outer: bool,
     ) -> Result<(), DecodeError<T::Error>> {
-        let page_count = target.page_count();
-        let mut cur = Cursor::new(bytes);
-        while !cur.is_empty() {
-            let offset = base_offset + bytes.len() - cur.remaining();
+        let mut src = OneSrc::new(bytes);
+        while !src.cur.is_empty() {
+            let offset = base_offset + src.used();
             let bad = |_| DecodeError::Malformed { offset };
+            let cur = &mut src.cur;
             let t = cur.u8().map_err(bad)?;
             if t == tag::ZSPLIT {
                 if !outer {
@@ -880,16 +880,16 @@ impl Decoder {
                 let lit_clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
                 let lit_frame = cur.take(lit_clen).map_err(bad)?;
                 let mut streams = core::mem::take(&mut self.streams);
-                let mut batch = core::mem::take(&mut self.batch);
                 streams.resize(raw_len, 0);
-                batch.clear();
-                let r = self.unsplit(ctl_frame, lit_frame, ctl_len, &mut streams, &mut batch);
-                let r = match r {
-                    Ok(()) => self.apply_records(target, &batch, offset, next_pfn, stats, false),
+                let r = match self.inflate_streams(ctl_frame, lit_frame, ctl_len, &mut streams) {
+                    Ok(()) => {
+                        let (c, l) = streams.split_at(ctl_len.min(raw_len));
+                        let mut two = TwoSrc { ctl: Cursor::new(c), lit: Cursor::new(l), len: raw_len };
+                        self.apply_split(target, &mut two, offset, next_pfn, stats)
+                    }
                     Err(_) => Err(DecodeError::Malformed { offset }),
                 };
                 self.streams = streams;
-                self.batch = batch;
                 r?;
                 continue;
             }
@@ -911,63 +911,96 @@ impl Decoder {
                 r?;
                 continue;
             }
-            let delta = cur.varint().map_err(bad)?;
-            let pfn = next_pfn.checked_add(delta).ok_or(DecodeError::Malformed { offset })?;
-            if pfn >= page_count {
-                return Err(DecodeError::PfnOutOfRange { pfn });
-            }
-            *next_pfn = pfn + 1;
-            match t {
-                tag::ZERO_PAGE => target.write_zero_page(pfn).map_err(DecodeError::Target)?,
-                tag::RAW_PAGE => {
-                    let data = cur.take(PAGE_SIZE).map_err(bad)?;
-                    self.page.copy_from_slice(data);
-                    target.write_page(pfn, &self.page).map_err(DecodeError::Target)?;
-                }
-                tag::OPS => {
-                    let len = cur.varint_max(MAX_OPS_LEN).map_err(bad)?;
-                    let ops = cur.take(len).map_err(bad)?;
-                    apply_ops(target, pfn, self.block_size, ops, &mut self.page, offset)?;
-                }
-                tag::ZOPS => {
-                    let raw_len = cur.varint_max(MAX_OPS_LEN).map_err(bad)?;
-                    let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
-                    let frame = cur.take(clen).map_err(bad)?;
-                    let mut ops = core::mem::take(&mut self.ops);
-                    let r = self.inflate(frame, &mut ops[..raw_len]).map_err(|_| DecodeError::Zstd { pfn });
-                    let r = r.and_then(|()| {
-                        apply_ops(target, pfn, self.block_size, &ops[..raw_len], &mut self.page, offset)
-                    });
-                    self.ops = ops;
-                    r?;
-                }
-                other => return Err(DecodeError::UnknownTag { offset, tag: other }),
-            }
-            stats.records += 1;
+            self.apply_record(target, t, &mut src, offset, next_pfn, stats)?;
         }
         Ok(())
     }
 
-    /// Decompresses the two streams of a ZSPLIT (into `streams`, already `raw_len` long) and
-    /// merges them into `batch` (cleared), which must come out exactly `raw_len` long.
-    fn unsplit(
+    /// Applies the records of a ZSPLIT (`src` over its two decompressed streams), which must
+    /// use up both streams exactly.
+    fn apply_split<T: PageTarget>(
+        &mut self,
+        target: &mut T,
+        src: &mut TwoSrc<'_>,
+        offset: usize,
+        next_pfn: &mut u64,
+        stats: &mut ChunkStats,
+    ) -> Result<(), DecodeError<T::Error>> {
+        while !src.ctl.is_empty() {
+            let t = src.ctl.u8().map_err(|_| DecodeError::Malformed { offset })?;
+            if !matches!(t, tag::ZERO_PAGE | tag::RAW_PAGE | tag::OPS) {
+                return Err(DecodeError::Malformed { offset });
+            }
+            self.apply_record(target, t, src, offset, next_pfn, stats)?;
+        }
+        if !src.lit.is_empty() {
+            return Err(DecodeError::Malformed { offset });
+        }
+        Ok(())
+    }
+
+    /// Applies one page record whose tag `t` was read from `src`.
+    fn apply_record<'a, T: PageTarget, S: Src<'a>>(
+        &mut self,
+        target: &mut T,
+        t: u8,
+        src: &mut S,
+        offset: usize,
+        next_pfn: &mut u64,
+        stats: &mut ChunkStats,
+    ) -> Result<(), DecodeError<T::Error>> {
+        let bad = |_| DecodeError::Malformed { offset };
+        let page_count = target.page_count();
+        let delta = src.ctl().varint().map_err(bad)?;
+        let pfn = next_pfn.checked_add(delta).ok_or(DecodeError::Malformed { offset })?;
+        if pfn >= page_count {
+            return Err(DecodeError::PfnOutOfRange { pfn });
+        }
+        *next_pfn = pfn + 1;
+        match t {
+            tag::ZERO_PAGE => target.write_zero_page(pfn).map_err(DecodeError::Target)?,
+            tag::RAW_PAGE => {
+                let data = src.lit(PAGE_SIZE).map_err(bad)?;
+                self.page.copy_from_slice(data);
+                target.write_page(pfn, &self.page).map_err(DecodeError::Target)?;
+            }
+            tag::OPS => {
+                let len = src.ctl().varint_max(MAX_OPS_LEN).map_err(bad)?;
+                apply_ops(target, pfn, self.block_size, src, len, &mut self.page, offset)?;
+            }
+            tag::ZOPS => {
+                let cur = src.ctl();
+                let raw_len = cur.varint_max(MAX_OPS_LEN).map_err(bad)?;
+                let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
+                let frame = cur.take(clen).map_err(bad)?;
+                let mut ops = core::mem::take(&mut self.ops);
+                let r = self.inflate(frame, &mut ops[..raw_len]).map_err(|_| DecodeError::Zstd { pfn });
+                let r = r.and_then(|()| {
+                    let mut one = OneSrc::new(&ops[..raw_len]);
+                    apply_ops(target, pfn, self.block_size, &mut one, raw_len, &mut self.page, offset)
+                });
+                self.ops = ops;
+                r?;
+            }
+            other => return Err(DecodeError::UnknownTag { offset, tag: other }),
+        }
+        stats.records += 1;
+        Ok(())
+    }
+
+    /// Decompresses the two streams of a ZSPLIT into `streams` (`raw_len` long): the control
+    /// stream into its first `ctl_len` bytes, the literal stream into the rest.
+    fn inflate_streams(
         &mut self,
         ctl_frame: &[u8],
         lit_frame: &[u8],
         ctl_len: usize,
         streams: &mut [u8],
-        batch: &mut Vec<u8>,
     ) -> Result<(), Malformed> {
         let raw_len = streams.len();
         let (c, l) = streams.split_at_mut(ctl_len.min(raw_len));
         self.inflate_opt(ctl_frame, c)?;
-        self.inflate_opt(lit_frame, l)?;
-        split::merge(c, l, self.block_size, batch, raw_len)?;
-        if batch.len() == raw_len {
-            Ok(())
-        } else {
-            Err(Malformed)
-        }
+        self.inflate_opt(lit_frame, l)
     }
 
     /// Like [`Decoder::inflate`], but an empty `out` must come with an empty frame (no frame).
@@ -1031,12 +1064,103 @@ fn check_frame_header(frame: &[u8], raw_len: usize) -> Result<(), Malformed> {
     Ok(())
 }
 
-/// Applies an op stream to page `pfn` of `target`.
-fn apply_ops<T: PageTarget>(
+/// Where the bytes of records come from: one cursor (records as they are), or the control
+/// and literal streams of a [`tag::ZSPLIT`], read in step without merging them.
+trait Src<'a> {
+    /// The control bytes (for one cursor: all bytes).
+    fn ctl(&mut self) -> &mut Cursor<'a>;
+    /// The next `n` literal bytes.
+    fn lit(&mut self, n: usize) -> Result<&'a [u8], Malformed>;
+    /// Bytes consumed so far, in merged-record terms (control plus literal bytes).
+    fn used(&self) -> usize;
+}
+
+/// Records read from one cursor.
+struct OneSrc<'a> {
+    cur: Cursor<'a>,
+    len: usize,
+}
+
+impl<'a> OneSrc<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        OneSrc { cur: Cursor::new(b), len: b.len() }
+    }
+}
+
+impl<'a> Src<'a> for OneSrc<'a> {
+    #[inline]
+    fn ctl(&mut self) -> &mut Cursor<'a> {
+        &mut self.cur
+    }
+    #[inline]
+    fn lit(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        self.cur.take(n)
+    }
+    #[inline]
+    fn used(&self) -> usize {
+        self.len - self.cur.remaining()
+    }
+}
+
+/// Records of a ZSPLIT: control bytes from one stream, literal bytes from the other (the
+/// split rules of [`split`]).
+struct TwoSrc<'a> {
+    ctl: Cursor<'a>,
+    lit: Cursor<'a>,
+    len: usize,
+}
+
+impl<'a> Src<'a> for TwoSrc<'a> {
+    #[inline]
+    fn ctl(&mut self) -> &mut Cursor<'a> {
+        &mut self.ctl
+    }
+    #[inline]
+    fn lit(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        self.lit.take(n)
+    }
+    #[inline]
+    fn used(&self) -> usize {
+        self.len - self.ctl.remaining() - self.lit.remaining()
+    }
+}
+
+/// Reads a zero-run delta covering `target.len()` bytes (pairs from the control bytes, literal
+/// bytes through [`Src::lit`]) and applies it: XOR or patch.
+fn apply_delta<'a, S: Src<'a>>(src: &mut S, target: &mut [u8], xor: bool) -> Result<(), Malformed> {
+    let mut pos = 0usize;
+    while pos < target.len() {
+        let left = target.len() - pos;
+        let c = src.ctl();
+        let z = c.varint_max(left)?;
+        let l = c.varint_max(left - z)?;
+        if z == 0 && l == 0 {
+            return Err(Malformed);
+        }
+        pos += z;
+        let lit = src.lit(l)?;
+        let dst = target.get_mut(pos..pos + l).ok_or(Malformed)?;
+        if xor {
+            for (d, s) in dst.iter_mut().zip(lit) {
+                *d ^= *s;
+            }
+        } else {
+            dst.copy_from_slice(lit);
+        }
+        pos += l;
+    }
+    Ok(())
+}
+
+/// Applies an op stream of `len` bytes (in merged-record terms) read from `src` to page `pfn`
+/// of `target`. The stream must end exactly after `len` bytes.
+#[allow(clippy::too_many_arguments)]
+fn apply_ops<'a, T: PageTarget, S: Src<'a>>(
     target: &mut T,
     pfn: u64,
     bs: usize,
-    ops: &[u8],
+    src: &mut S,
+    len: usize,
     page: &mut [u8; PAGE_SIZE],
     offset: usize,
 ) -> Result<(), DecodeError<T::Error>> {
@@ -1046,8 +1170,9 @@ fn apply_ops<T: PageTarget>(
     let total_blocks = target.page_count().saturating_mul(bpp as u64);
     let mut blk = 0usize;
     let mut pred: Option<u64> = None;
-    let mut cur = Cursor::new(ops);
-    while !cur.is_empty() {
+    let end = src.used() + len;
+    while src.used() < end {
+        let cur = src.ctl();
         let b = cur.u8().map_err(bad)?;
         let kind = b >> 5;
         let mut n = usize::from(b & 31) + 1;
@@ -1062,26 +1187,29 @@ fn apply_ops<T: PageTarget>(
         match kind {
             op::SKIP => {}
             op::ZERO => dst.fill(0),
-            op::LIT => dst.copy_from_slice(cur.take(n * bs).map_err(bad)?),
-            op::XOR => zrle::apply_xor(&mut cur, dst).map_err(bad)?,
-            op::PATCH => zrle::apply_patch(&mut cur, dst).map_err(bad)?,
+            op::LIT => dst.copy_from_slice(src.lit(n * bs).map_err(bad)?),
+            op::XOR => apply_delta(src, dst, true).map_err(bad)?,
+            op::PATCH => apply_delta(src, dst, false).map_err(bad)?,
             op::REF => {
                 let delta = varint::unzigzag(cur.varint().map_err(bad)?);
                 let base = pred.unwrap_or(pfn * bpp as u64 + blk as u64);
-                let src = base
+                let s0 = base
                     .checked_add_signed(delta)
                     .filter(|s| s.checked_add(n as u64).is_some_and(|e| e <= total_blocks))
                     .ok_or(DecodeError::RefOutOfRange { pfn })?;
                 for (i, d) in dst.chunks_exact_mut(bs).enumerate() {
-                    let s = src + i as u64;
+                    let s = s0 + i as u64;
                     let off = (s % bpp as u64) as usize * bs;
                     target.read_bytes(s / bpp as u64, off, d).map_err(DecodeError::Target)?;
                 }
-                pred = Some(src + n as u64);
+                pred = Some(s0 + n as u64);
             }
             _ => return Err(DecodeError::Malformed { offset }),
         }
         blk += n;
+    }
+    if src.used() != end {
+        return Err(DecodeError::Malformed { offset });
     }
     target.write_page(pfn, page).map_err(DecodeError::Target)
 }
