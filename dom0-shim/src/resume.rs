@@ -91,7 +91,7 @@ pub fn run(o: &ResumeOptions) -> Result<ResumeReport> {
     // Without -e, xl leaves a child behind that watches the domain (reboot,
     // crash actions) as after `xl create`; its output goes to the log.
     let mut xl = Command::new("xl")
-        .args(["restore", "-p", "/dev/stdin"])
+        .args(["restore", "-p", "/proc/self/fd/0"])
         .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log)
