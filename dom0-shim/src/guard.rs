@@ -67,6 +67,11 @@ struct Watched {
     signature: (String, String, String),
     changed_at: Instant,
     interval: Option<Duration>,
+    /// When the committed epoch last changed, and the smoothed time
+    /// between commits: a loaded primary's epochs come slower than its
+    /// interval, and silence is judged against the slower of the two.
+    committed_at: Instant,
+    period: Option<Duration>,
     verdict: Verdict,
 }
 
@@ -101,6 +106,8 @@ pub fn run(o: &GuardOptions) -> Result<()> {
                 signature: signature.clone(),
                 changed_at: now,
                 interval: None,
+                committed_at: now,
+                period: None,
                 verdict: Verdict::Watching,
             });
             if w.verdict == Verdict::Done {
@@ -109,6 +116,13 @@ pub fn run(o: &GuardOptions) -> Result<()> {
             if w.signature != signature {
                 if w.verdict != Verdict::Watching {
                     println!("guard: {vm}: the primary is heard from again");
+                }
+                if w.signature.1 != signature.1 && !w.signature.1.is_empty() {
+                    let gap = now - w.committed_at;
+                    w.period = Some(w.period.map_or(gap, |p| (p * 7 + gap) / 8));
+                }
+                if w.signature.1 != signature.1 {
+                    w.committed_at = now;
                 }
                 w.signature = signature;
                 w.changed_at = now;
@@ -121,7 +135,7 @@ pub fn run(o: &GuardOptions) -> Result<()> {
                     .ok()
                     .map(|s| Duration::from_millis(u64::from(s.interval_ms.max(1))));
             }
-            let interval = w.interval.unwrap_or(DEFAULT_INTERVAL);
+            let interval = w.interval.unwrap_or(DEFAULT_INTERVAL).max(w.period.unwrap_or_default());
             let limit = (interval * o.missed).max(o.min_silence);
             let silent = now - w.changed_at;
             if silent < limit || w.verdict != Verdict::Watching {
@@ -147,7 +161,7 @@ pub fn run(o: &GuardOptions) -> Result<()> {
             }
             let detected = uptime_s();
             println!(
-                "guard: {vm}: FAILOVER: primary silent for {} ms (> {} intervals of {} ms), detected at {detected:.2} s; resuming from committed epoch {}",
+                "guard: {vm}: FAILOVER: primary silent for {} ms (> {} epochs of {} ms), detected at {detected:.2} s; resuming from committed epoch {}",
                 silent.as_millis(),
                 o.missed,
                 interval.as_millis(),
