@@ -771,6 +771,8 @@ pub enum DecodeError<E> {
     },
     /// The target refused (for example out of memory).
     Target(E),
+    /// The decoder's own scratch buffers could not grow (the heap is exhausted).
+    OutOfMemory,
 }
 
 impl<E: fmt::Debug> fmt::Display for DecodeError<E> {
@@ -785,6 +787,7 @@ impl<E: fmt::Debug> fmt::Display for DecodeError<E> {
             DecodeError::RefOutOfRange { pfn } => write!(f, "reference beyond the image in page {pfn}"),
             DecodeError::Zstd { pfn } => write!(f, "bad compressed op stream in page {pfn}"),
             DecodeError::Target(e) => write!(f, "target refused: {e:?}"),
+            DecodeError::OutOfMemory => write!(f, "decoder scratch memory exhausted"),
         }
     }
 }
@@ -879,6 +882,9 @@ impl Decoder {
                 let ctl_frame = cur.take(ctl_clen).map_err(bad)?;
                 let lit_clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
                 let lit_frame = cur.take(lit_clen).map_err(bad)?;
+                if !room(&mut self.zframe, ctl_clen.max(lit_clen) + ZSTD_MAGIC.len()) || !room(&mut self.streams, raw_len) {
+                    return Err(DecodeError::OutOfMemory);
+                }
                 let mut streams = core::mem::take(&mut self.streams);
                 streams.resize(raw_len, 0);
                 let r = match self.inflate_streams(ctl_frame, lit_frame, ctl_len, &mut streams) {
@@ -900,6 +906,9 @@ impl Decoder {
                 let raw_len = cur.varint_max(MAX_BATCH_LEN).map_err(bad)?;
                 let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
                 let frame = cur.take(clen).map_err(bad)?;
+                if !room(&mut self.zframe, clen + ZSTD_MAGIC.len()) || !room(&mut self.batch, raw_len) {
+                    return Err(DecodeError::OutOfMemory);
+                }
                 let mut batch = core::mem::take(&mut self.batch);
                 batch.resize(raw_len, 0);
                 let r = self.inflate(frame, &mut batch[..]);
@@ -973,6 +982,9 @@ impl Decoder {
                 let raw_len = cur.varint_max(MAX_OPS_LEN).map_err(bad)?;
                 let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
                 let frame = cur.take(clen).map_err(bad)?;
+                if !room(&mut self.zframe, clen + ZSTD_MAGIC.len()) {
+                    return Err(DecodeError::OutOfMemory);
+                }
                 let mut ops = core::mem::take(&mut self.ops);
                 let r = self.inflate(frame, &mut ops[..raw_len]).map_err(|_| DecodeError::Zstd { pfn });
                 let r = r.and_then(|()| {
@@ -1028,6 +1040,12 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// Makes room for `n` bytes in `v` without aborting on allocation failure (the large scratch
+/// buffers grow fallibly: a refusal instead of an out-of-memory abort in the appliance).
+fn room(v: &mut Vec<u8>, n: usize) -> bool {
+    v.try_reserve(n.saturating_sub(v.len())).is_ok()
 }
 
 /// Checks a magic-less zstd frame header: single segment, no dictionary, content size `raw_len`.

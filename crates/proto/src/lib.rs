@@ -74,7 +74,7 @@ pub use msg::{
     decode_payload, encode_payload, Ack, Bye, Commit, EpochData, ErrorCode, ErrorMsg, Heartbeat, Hello, Kind,
     Message, Read, ReadReply, Welcome,
 };
-pub use session::{KeyLookup, Role, Session, SingleKey};
+pub use session::{KeyLookup, Role, Session, SingleKey, FEED_BUFFER_BOUND, FEED_SLICE};
 
 /// Size of a guest page in bytes (x86: 4 KiB). READ and READ_REPLY count in these pages.
 pub const PAGE_SIZE: usize = 4096;

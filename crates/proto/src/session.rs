@@ -8,6 +8,12 @@ use crate::msg::{check_payload_len, decode_payload, encode_payload, Kind, Messag
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+/// Largest slice [`Session::try_feed`] is meant to be given at once (callers split larger reads).
+pub const FEED_SLICE: usize = 64 * 1024;
+/// Bound of the receive buffer's capacity under [`Session::try_feed`]: one largest frame (header,
+/// salt, sealed payload) plus one [`FEED_SLICE`].
+pub const FEED_BUFFER_BOUND: usize = HEADER_LEN + SALT_LEN + crate::MAX_SEALED + FEED_SLICE;
+
 /// Which end of the connection a [`Session`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -175,11 +181,16 @@ impl<L: KeyLookup> Session<L> {
     /// Seals `m` into a frame appended to `out` (nothing is appended on error). A message that
     /// breaks a limit, or that this side may not send now, is refused without poisoning the
     /// session; the sequence number advances only on success.
+    ///
+    /// A poisoned session still seals one kind of message: ERROR, once this side has sent its
+    /// first frame and both salts are known (the peer's HELLO, or the appliance's first frame,
+    /// authenticated). That tells an authenticated peer why its connection is being closed
+    /// (SPEC.md section 2); the frame takes the next sequence number like any other.
     pub fn seal_into(&mut self, m: &Message<'_>, out: &mut Vec<u8>) -> Result<(), ProtoError> {
-        if self.poisoned {
+        let kind = m.kind();
+        if self.poisoned && !(kind == Kind::Error && self.can_seal_refusal()) {
             return Err(ProtoError::Poisoned);
         }
-        let kind = m.kind();
         let seq = self.send_seq;
         let allowed = match self.role {
             Role::Primary => kind.from_primary() && ((seq == 0) == (kind == Kind::Hello)),
@@ -237,10 +248,45 @@ impl<L: KeyLookup> Session<L> {
 
     /// Buffers bytes received from the connection (any split). Call [`Session::poll`] until it
     /// returns `Ok(None)` after each call, so that at most one partial frame stays buffered.
+    /// Allocation failure aborts, as for any `Vec`; see [`Session::try_feed`].
     pub fn feed(&mut self, data: &[u8]) {
         if !self.poisoned {
             self.buf.extend_from_slice(data);
         }
+    }
+
+    /// Like [`Session::feed`], but a buffer that cannot grow is an error instead of an
+    /// allocation failure (nothing is buffered then; the caller closes the connection). The
+    /// buffer's capacity stays within [`FEED_BUFFER_BOUND`] as long as the caller feeds at most
+    /// [`FEED_SLICE`] bytes per call and polls in between (the receiver does): delivered frames
+    /// are dropped from the front before it grows, and it never grows past one largest frame
+    /// plus one slice by doubling.
+    pub fn try_feed(&mut self, data: &[u8]) -> Result<(), alloc::collections::TryReserveError> {
+        if self.poisoned {
+            return Ok(());
+        }
+        if self.buf.capacity() - self.buf.len() < data.len() && self.consumed > 0 {
+            self.buf.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        let need = self.buf.len() + data.len();
+        if need > self.buf.capacity() {
+            let target = need.max(self.buf.capacity().saturating_mul(2).min(FEED_BUFFER_BOUND));
+            self.buf.try_reserve_exact(target - self.buf.len())?;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Bytes the receive buffer holds allocated (for memory accounting).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Whether an ERROR can still be sealed on this session, poisoned or not: this side sent its
+    /// first frame and both salts are known.
+    pub fn can_seal_refusal(&self) -> bool {
+        self.send_seq > 0 && self.appliance_salt.is_some() && self.send_key.is_some()
     }
 
     /// Checks that the stream may end here: fails with [`ProtoError::Truncated`] when a partial

@@ -68,7 +68,8 @@ use core::fmt;
 use resilire_codec::{DecodeError, Decoder};
 use resilire_proto::{
     Ack, ErrorCode, ErrorMsg, Heartbeat, Key, KeyLookup, Message, ProtoError, ReadReply, Session, Welcome,
-    MAX_CHUNK, PAGE_SIZE,
+    FEED_BUFFER_BOUND, FEED_SLICE, HEADER_LEN, MAX_CHUNK, MAX_CODEC_PARAMS, MAX_NAME, MAX_XL_CONFIG, PAGE_SIZE,
+    SALT_LEN, TAG_LEN,
 };
 use resilire_store::{FrameAllocator, ImageId, PageLocation, Store, StoreError, IMAGE_BYTES_PER_PAGE, IMAGE_OVERHEAD};
 use sha2::{Digest, Sha256};
@@ -155,7 +156,26 @@ pub struct ReceiverConfig {
     pub admission_percent: u32,
     /// Events kept until [`Receiver::take_events`]; older ones are dropped (and counted).
     pub max_events: usize,
+    /// Heap bytes one admitted connection may come to use ([`CONN_MEMORY`] by default): its
+    /// receive buffer (bounded by [`FEED_BUFFER_BOUND`]) and its decoder's scratch.
+    pub conn_memory: usize,
+    /// Heap bytes set aside for the connections' own memory (0: no limit). A HELLO is refused
+    /// with `NO_MEMORY` when admitting its connection would let the admitted connections (of
+    /// other VMs) reach more than this at [`ReceiverConfig::conn_memory`] each.
+    pub conn_memory_limit: usize,
 }
+
+/// Largest HELLO frame (header, salt, largest payload, tag): bytes beyond this before a HELLO
+/// authenticated are refused, so that an unauthenticated peer cannot make the receiver buffer
+/// more.
+pub const MAX_HELLO_FRAME: usize =
+    HEADER_LEN + SALT_LEN + 16 + 2 + MAX_NAME + 8 + 4 + 8 + 8 + 2 + 2 + MAX_CODEC_PARAMS + 4 + MAX_XL_CONFIG + TAG_LEN;
+
+/// Default [`ReceiverConfig::conn_memory`]: the session's receive buffer bound, the decoder's
+/// copy of a compressed record (up to one chunk), its batch buffer (256 KiB), its op and page
+/// buffers, and the zstd decoder's state (its window, at most one batch, plus about one block
+/// and its tables).
+pub const CONN_MEMORY: usize = FEED_BUFFER_BOUND + MAX_CHUNK + (256 << 10) + 3 * PAGE_SIZE + (640 << 10);
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
@@ -166,6 +186,8 @@ impl Default for ReceiverConfig {
             dead_peer_ms: 5_000,
             admission_percent: 100,
             max_events: 1024,
+            conn_memory: CONN_MEMORY,
+            conn_memory_limit: 0,
         }
     }
 }
@@ -228,6 +250,18 @@ impl fmt::Display for ConnError {
     }
 }
 
+/// Refusals since the receiver started (the appliance publishes them in its status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames the protocol layer refused: malformed, forged (wrong key, bad tag), replayed or
+    /// reordered, unknown VM, oversized before HELLO.
+    pub frames_refused: u64,
+    /// Requests the receiver refused with ERROR (epoch sequence, decode failure, no memory...).
+    pub requests_refused: u64,
+    /// Of those, refusals for lack of memory (`NO_MEMORY`: admission, store budget, heap).
+    pub no_memory: u64,
+}
+
 /// What a VM's protection looks like now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmState {
@@ -284,6 +318,10 @@ pub struct VmStatus<'a> {
     pub reserved_bytes: usize,
     /// Whether the VM still has a configured key.
     pub has_key: bool,
+    /// Frames of this VM's connections refused by the protocol layer since the receiver started.
+    pub frames_refused: u64,
+    /// Requests of this VM refused with ERROR since the receiver started.
+    pub requests_refused: u64,
 }
 
 /// What happened; see [`Event`].
@@ -452,6 +490,8 @@ struct Vm {
     epochs_committed: u64,
     last_heard_ms: Option<u64>,
     last_error: Option<String>,
+    frames_refused: u64,
+    requests_refused: u64,
     guest_name: String,
     vm_uuid: [u8; 16],
     group_id: u64,
@@ -471,6 +511,8 @@ impl Vm {
             epochs_committed: 0,
             last_heard_ms: None,
             last_error: None,
+            frames_refused: 0,
+            requests_refused: 0,
             guest_name: String::new(),
             vm_uuid: [0; 16],
             group_id: 0,
@@ -549,6 +591,9 @@ pub struct Receiver<A: FrameAllocator> {
     read_buf: Vec<u8>,
     /// The latest time the caller passed in (for events of calls without a time).
     now: u64,
+    counters: Counters,
+    /// Heap bytes free, as the caller last reported ([`Receiver::set_heap_free`]).
+    heap_free: Option<usize>,
 }
 
 impl<A: FrameAllocator> fmt::Debug for Receiver<A> {
@@ -593,6 +638,8 @@ impl<A: FrameAllocator> Receiver<A> {
             events_dropped: 0,
             read_buf: Vec::new(),
             now: 0,
+            counters: Counters::default(),
+            heap_free: None,
         };
         r.set_keys(keys, 0)?;
         Ok(r)
@@ -707,8 +754,14 @@ impl<A: FrameAllocator> Receiver<A> {
             }
             _ => c.st.backlog += data.len() as u64,
         }
-        c.session.feed(data);
-        match self.process(conn, &mut c, now_ms, out) {
+        let mut res = Ok(());
+        for piece in data.chunks(FEED_SLICE) {
+            res = self.feed(conn, &mut c, piece, now_ms, out);
+            if res.is_err() {
+                break;
+            }
+        }
+        match res {
             Ok(()) => {
                 self.conns.insert(conn, c);
                 Ok(())
@@ -718,6 +771,113 @@ impl<A: FrameAllocator> Receiver<A> {
                 Err(e)
             }
         }
+    }
+
+    /// Buffers one slice (at most [`FEED_SLICE`] bytes) and handles the frames it completes.
+    fn feed(&mut self, id: ConnId, c: &mut Conn, piece: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ConnError> {
+        if c.st.phase == Phase::AwaitHello && c.session.buffered() + piece.len() > MAX_HELLO_FRAME {
+            // A primary sends nothing after HELLO before WELCOME: more than one HELLO is garbage.
+            let e = ProtoError::FieldTooLong {
+                field: "bytes before an authenticated HELLO",
+                len: c.session.buffered() + piece.len(),
+                max: MAX_HELLO_FRAME,
+            };
+            let Conn { session, st } = c;
+            return Err(self.frame_refused(id, st, session, e, now_ms, out));
+        }
+        if c.session.try_feed(piece).is_err() {
+            let reason = format!(
+                "appliance memory exhausted: cannot buffer {} more bytes of this connection ({} buffered)",
+                piece.len(),
+                c.session.buffered()
+            );
+            let Conn { session, st } = c;
+            return Err(self.refuse(id, st, session, ErrorCode::NO_MEMORY, reason, now_ms, out));
+        }
+        self.process(id, c, now_ms, out)
+    }
+
+    /// Logs and counts a frame the protocol layer refused and, when the session had authenticated
+    /// its peer, tells it why with ERROR (SPEC.md section 2). Returns the connection's end.
+    fn frame_refused(
+        &mut self,
+        id: ConnId,
+        st: &mut ConnState,
+        session: &mut Session<KeyTable>,
+        e: ProtoError,
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> ConnError {
+        let vm = session.vm_id().or(match st.phase {
+            Phase::Welcomed(v) | Phase::Active(v) => Some(v),
+            Phase::AwaitHello => None,
+        });
+        self.counters.frames_refused += 1;
+        self.event(now_ms, Some(id), vm, EventKind::FrameRefused(e));
+        if let Some(v) = vm.and_then(|v| self.vms.get_mut(&v)) {
+            v.frames_refused += 1;
+            if v.owner.is_none() || v.owner == Some(id) {
+                v.last_error = Some(format!("frame refused: {e}"));
+                v.failed = true;
+            }
+        }
+        if st.phase != Phase::AwaitHello && session.can_seal_refusal() {
+            let reason = format!("frame refused: {e}");
+            let msg = ErrorMsg { code: ErrorCode::PROTOCOL, reason: &reason };
+            let _ = session.seal_into(&Message::Error(msg), out);
+        }
+        ConnError::Protocol(e)
+    }
+
+    /// Logs and counts a refusal, records it in the VM's status and sends ERROR (code, reason).
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        id: ConnId,
+        st: &mut ConnState,
+        session: &mut Session<KeyTable>,
+        code: ErrorCode,
+        reason: String,
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> ConnError {
+        let vm = match st.phase {
+            Phase::Welcomed(v) | Phase::Active(v) => Some(v),
+            Phase::AwaitHello => session.vm_id(),
+        };
+        self.counters.requests_refused += 1;
+        if code == ErrorCode::NO_MEMORY {
+            self.counters.no_memory += 1;
+        }
+        self.event(now_ms, Some(id), vm, EventKind::Refused { code, reason: reason.clone() });
+        if let Some(v) = vm.and_then(|v| self.vms.get_mut(&v)) {
+            v.requests_refused += 1;
+            if v.owner.is_none() || v.owner == Some(id) {
+                v.last_error = Some(reason.clone());
+                v.failed = true;
+            }
+        }
+        let msg = ErrorMsg { code, reason: &reason };
+        if let Err(e) = session.seal_into(&Message::Error(msg), out) {
+            // A reason too long for the frame: send a shorter one.
+            let msg = ErrorMsg { code, reason: "refused" };
+            if session.seal_into(&Message::Error(msg), out).is_err() {
+                return ConnError::Internal(e);
+            }
+        }
+        ConnError::Refused { code, reason }
+    }
+
+    /// Refusals counted since the receiver started.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Tells the receiver how many heap bytes are free now (the appliance's allocator knows):
+    /// a HELLO is refused with `NO_MEMORY` when fewer than [`ReceiverConfig::conn_memory`] are.
+    /// `None` (the default) disables the check.
+    pub fn set_heap_free(&mut self, free: Option<usize>) {
+        self.heap_free = free;
     }
 
     /// The connection closed or was reset. An epoch in progress is discarded: the VM's last
@@ -827,6 +987,8 @@ impl<A: FrameAllocator> Receiver<A> {
                 guest_name: &vm.guest_name,
                 reserved_bytes: vm.reserved,
                 has_key: vm.key.is_some(),
+                frames_refused: vm.frames_refused,
+                requests_refused: vm.requests_refused,
             }
         })
     }
@@ -971,18 +1133,7 @@ impl<A: FrameAllocator> Receiver<A> {
                 Ok(Some(Message::Hello(h))) => Pending::Hello(OwnedHello::of(&h)),
                 Ok(Some(msg)) => Pending::Done(self.handle(id, st, msg, now_ms)),
                 Err(e) => {
-                    let vm = session.vm_id().or(match st.phase {
-                        Phase::Welcomed(v) | Phase::Active(v) => Some(v),
-                        Phase::AwaitHello => None,
-                    });
-                    self.event(now_ms, Some(id), vm, EventKind::FrameRefused(e));
-                    if let Some(v) = vm.and_then(|v| self.vms.get_mut(&v)) {
-                        if v.owner.is_none() || v.owner == Some(id) {
-                            v.last_error = Some(format!("frame refused: {e}"));
-                            v.failed = true;
-                        }
-                    }
-                    return Err(ConnError::Protocol(e));
+                    return Err(self.frame_refused(id, st, session, e, now_ms, out));
                 }
             };
             let result = match pending {
@@ -996,31 +1147,24 @@ impl<A: FrameAllocator> Receiver<A> {
                 Ok(r) => r,
                 Err(Fail::Close(e)) => return Err(e),
                 Err(Fail::Refuse(code, reason)) => {
-                    let vm = match st.phase {
-                        Phase::Welcomed(v) | Phase::Active(v) => Some(v),
-                        Phase::AwaitHello => session.vm_id(),
-                    };
-                    self.event(now_ms, Some(id), vm, EventKind::Refused { code, reason: reason.clone() });
-                    if let Some(v) = vm.and_then(|v| self.vms.get_mut(&v)) {
-                        if v.owner.is_none() || v.owner == Some(id) {
-                            v.last_error = Some(reason.clone());
-                            v.failed = true;
-                        }
-                    }
-                    let msg = ErrorMsg { code, reason: &reason };
-                    if let Err(e) = session.seal_into(&Message::Error(msg), out) {
-                        // A reason too long for the frame: send a shorter one.
-                        let msg = ErrorMsg { code, reason: "refused" };
-                        session.seal_into(&Message::Error(msg), out).map_err(|_| ConnError::Internal(e))?;
-                    }
-                    return Err(ConnError::Refused { code, reason });
+                    return Err(self.refuse(id, st, session, code, reason, now_ms, out));
                 }
             };
-            self.seal_reply(session, reply, out)?;
+            if let Err((code, reason)) = self.seal_reply(session, reply, out)? {
+                return Err(self.refuse(id, st, session, code, reason, now_ms, out));
+            }
         }
     }
 
-    fn seal_reply(&mut self, session: &mut Session<KeyTable>, reply: Reply, out: &mut Vec<u8>) -> Result<(), ConnError> {
+    /// Seals a reply. `Ok(Err((code, reason)))`: the reply cannot be given (no memory for a READ
+    /// reply, an unreadable page): refuse with that.
+    #[allow(clippy::type_complexity)]
+    fn seal_reply(
+        &mut self,
+        session: &mut Session<KeyTable>,
+        reply: Reply,
+        out: &mut Vec<u8>,
+    ) -> Result<Result<(), (ErrorCode, String)>, ConnError> {
         let r = match reply {
             Reply::None => Ok(()),
             Reply::Welcome(committed_epoch) => session.seal_into(
@@ -1031,14 +1175,23 @@ impl<A: FrameAllocator> Receiver<A> {
             Reply::Heartbeat(time_ms) => session.seal_into(&Message::Heartbeat(Heartbeat { time_ms }), out),
             Reply::Read { request_id, vm, first_pfn, count } => {
                 let n = count as usize * PAGE_SIZE;
+                // The reply's plaintext and its frame are the two large allocations of a READ:
+                // both fallible, refused with NO_MEMORY rather than exhausting the heap.
+                if self.read_buf.try_reserve(n.saturating_sub(self.read_buf.len())).is_err()
+                    || out.try_reserve(n + 256).is_err()
+                {
+                    self.read_buf = Vec::new();
+                    return Ok(Err((
+                        ErrorCode::NO_MEMORY,
+                        format!("appliance memory exhausted: no room for a READ reply of {count} pages"),
+                    )));
+                }
                 self.read_buf.resize(n, 0);
                 for (i, page) in self.read_buf.chunks_exact_mut(PAGE_SIZE).enumerate() {
                     let page: &mut [u8; PAGE_SIZE] = page.try_into().map_err(|_| ConnError::UnknownConnection)?;
                     if let Err(e) = self.store.read_page(vm, first_pfn + i as u64, page) {
                         let reason = format!("reading committed page {}: {e}", first_pfn + i as u64);
-                        let msg = ErrorMsg { code: ErrorCode::INTERNAL, reason: &reason };
-                        let _ = session.seal_into(&Message::Error(msg), out);
-                        return Err(ConnError::Refused { code: ErrorCode::INTERNAL, reason });
+                        return Ok(Err((ErrorCode::INTERNAL, reason)));
                     }
                 }
                 let m = Message::ReadReply(ReadReply { request_id, first_pfn, data: &self.read_buf });
@@ -1050,7 +1203,7 @@ impl<A: FrameAllocator> Receiver<A> {
                 r
             }
         };
-        r.map_err(ConnError::Internal)
+        r.map(Ok).map_err(ConnError::Internal)
     }
 
     fn max_chunk(&self) -> u32 {
@@ -1150,6 +1303,7 @@ impl<A: FrameAllocator> Receiver<A> {
                 format!("codec {} not supported (this appliance speaks FGBI v1..v2 = {CODEC_FGBI_V1}..{CODEC_FGBI_V2})", h.codec_id),
             ));
         }
+        self.admit_connection(id, vm, &name)?;
         let decoder = Decoder::new(h.block_size as usize)
             .map_err(|e| Fail::Refuse(ErrorCode::PROTOCOL, format!("{e}")))?;
         match self.store.page_count(vm) {
@@ -1208,6 +1362,45 @@ impl<A: FrameAllocator> Receiver<A> {
             EventKind::Hello { guest: h.name.clone(), pages: h.mem_pages, resume_from: committed },
         );
         Ok(Reply::Welcome(committed))
+    }
+
+    /// Heap admission of connection `id` (VM `vm`): room for its buffers among the connections
+    /// admitted for other VMs (a reconnect of the same VM replaces its older connection), and in
+    /// the heap as it is now.
+    fn admit_connection(&self, id: ConnId, vm: VmId, name: &str) -> Result<(), Fail> {
+        let per = self.cfg.conn_memory;
+        let others = self
+            .conns
+            .iter()
+            .filter(|(cid, c)| **cid != id && c.st.closed.is_none())
+            .filter(|(_, c)| matches!(c.st.phase, Phase::Welcomed(v) | Phase::Active(v) if v != vm))
+            .count();
+        let limit = self.cfg.conn_memory_limit;
+        if limit > 0 && (others + 1).saturating_mul(per) > limit {
+            return Err(Fail::Refuse(
+                ErrorCode::NO_MEMORY,
+                format!(
+                    "no memory for another connection: VM '{name}' would make {} connections at up to {} KiB each, \
+                     the appliance sets {} KiB of its heap aside for connections",
+                    others + 1,
+                    per / 1024,
+                    limit / 1024
+                ),
+            ));
+        }
+        if let Some(free) = self.heap_free {
+            if free < per {
+                return Err(Fail::Refuse(
+                    ErrorCode::NO_MEMORY,
+                    format!(
+                        "appliance heap exhausted: {} KiB free, a connection of VM '{name}' needs up to {} KiB",
+                        free / 1024,
+                        per / 1024
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Connection `id` proved itself live: it becomes the VM's one owner; an older owner is
@@ -1305,6 +1498,14 @@ impl<A: FrameAllocator> Receiver<A> {
         let res = decoder.apply_chunk(&mut staging, data);
         let stats = match res {
             Ok(s) => s,
+            Err(DecodeError::OutOfMemory) => {
+                let _ = self.store.abort(vm);
+                st.progress = None;
+                return Err(Fail::Refuse(
+                    ErrorCode::NO_MEMORY,
+                    format!("epoch {epoch} chunk {chunk}: appliance memory exhausted (decoder); staged epoch discarded, {kept}"),
+                ));
+            }
             Err(DecodeError::Target(e @ StoreError::OutOfMemory { .. })) => {
                 let _ = self.store.abort(vm);
                 st.progress = None;

@@ -731,3 +731,140 @@ fn key_changes_and_image_removal() {
     assert_eq!(rx.set_keys(&[keys[0].clone(), keys[0].clone()], 5), Err(KeyError::Duplicate("k".into())));
     assert!(rx.vm_status(vm_id_of("other")).unwrap().has_key);
 }
+
+#[test]
+fn refused_frames_after_welcome_get_an_error_and_are_counted() {
+    let mut rx = receiver(64 * MIB, &["a", "b"], cfg());
+    let mut a = Primary::new("a", 32, small_chunks(64));
+    let mut b = Primary::new("b", 16, small_chunks(64));
+    let mut rng = Rng(21);
+    let img_a = initial_image(32, &mut rng);
+    let img_b = initial_image(16, &mut rng);
+    a.connect(&mut rx, 0).unwrap();
+    a.sync(&mut rx, &img_a, 0);
+    b.connect(&mut rx, 0).unwrap();
+    b.sync(&mut rx, &img_b, 0);
+    let used = footprint(&rx);
+    let mut mutated = img_a.clone();
+    mutate(&mut mutated, &mut rng, 20);
+    assert_eq!(rx.counters(), Counters::default());
+
+    // Each case: (what, the bytes after a live connection, the reason's words).
+    let mut n = 0;
+    let mut expect_error = |rx: &mut Rx, a: &mut Primary, bytes: Vec<u8>, words: &str, want: ProtoError| {
+        let (e, back) = a.deliver(rx, &bytes, 1).unwrap_err();
+        assert_eq!(e, ConnError::Protocol(want));
+        assert_eq!(back.errors.len(), 1, "{words}: one ERROR expected: {back:?}");
+        let (code, reason) = &back.errors[0];
+        assert_eq!(*code, ErrorCode::PROTOCOL.0);
+        assert!(reason.starts_with("frame refused") && reason.contains(words), "{reason}");
+        n += 1;
+        assert_eq!(rx.counters().frames_refused, n);
+        assert_eq!(rx.vm_status(a.vm).unwrap().frames_refused, n);
+        assert_eq!(store_image(rx, a.vm), img_a);
+        assert_eq!(store_image(rx, vm_id_of("b")), img_b);
+        assert_eq!(footprint(rx), used);
+        assert_eq!(rx.vm_status(a.vm).unwrap().committed_epoch, Some(1));
+        let ev: Vec<Event> = rx.take_events().collect();
+        assert!(ev.iter().any(|e| e.kind == EventKind::FrameRefused(want) && e.level() == Level::Warn), "{ev:?}");
+        a.connect(rx, 2).unwrap();
+    };
+    // Forged: a corrupted tag in the middle of an epoch.
+    let mut bytes = a.epoch_bytes(&mutated);
+    let starts = frame_starts(&bytes);
+    bytes[starts[1] - 1] ^= 1;
+    expect_error(&mut rx, &mut a, bytes, "authentication", ProtoError::AuthFailed);
+    a.pending = None;
+    a.enc.abort_epoch();
+    // Replayed: the first chunk twice.
+    let bytes = a.epoch_bytes(&mutated);
+    let starts = frame_starts(&bytes);
+    let mut twice = bytes[..starts[1]].to_vec();
+    twice.extend_from_slice(&bytes[..starts[1]]);
+    expect_error(&mut rx, &mut a, twice, "sequence", ProtoError::BadSequence { expected: 3, got: 2 });
+    a.pending = None;
+    a.enc.abort_epoch();
+    // Malformed: a bad magic, an unknown kind.
+    let mut bytes = a.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+    bytes[0] = b'X';
+    expect_error(&mut rx, &mut a, bytes, "magic", ProtoError::BadMagic);
+    let mut bytes = a.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+    bytes[5] = 0xf7;
+    expect_error(&mut rx, &mut a, bytes, "kind", ProtoError::UnknownKind(0xf7));
+
+    // Before a HELLO authenticated, nothing is sent, but the refusal is counted.
+    let c = rx.accept(3);
+    let mut out = Vec::new();
+    assert_eq!(rx.on_bytes(c, &[0x55; 64], 3, &mut out), Err(ConnError::Protocol(ProtoError::BadMagic)));
+    assert!(out.is_empty());
+    assert_eq!(rx.counters().frames_refused, 5);
+    // An oversized "HELLO" (a genuine header announcing a 1 MiB frame) is not buffered past
+    // the largest HELLO.
+    let mut h = a.hello_frame();
+    h[24..28].copy_from_slice(&(MAX_SEALED as u32).to_le_bytes());
+    h.resize(MAX_HELLO_FRAME + 1, 0);
+    let c = rx.accept(3);
+    let e = rx.on_bytes(c, &h, 3, &mut out).unwrap_err();
+    assert!(matches!(e, ConnError::Protocol(ProtoError::FieldTooLong { .. })), "{e:?}");
+    assert!(out.is_empty());
+    assert_eq!(rx.counters().frames_refused, 6);
+    assert_eq!(rx.counters().requests_refused, 0);
+    // Receiver-level refusals are counted apart.
+    a.connect(&mut rx, 4).unwrap();
+    let bytes = {
+        let s = a.session.as_mut().unwrap();
+        s.seal(&Message::Epoch(EpochData { epoch: 9, chunk_index: 0, data: &[] })).unwrap()
+    };
+    let (e, back) = a.deliver(&mut rx, &bytes, 4).unwrap_err();
+    assert!(matches!(e, ConnError::Refused { code: ErrorCode::BAD_EPOCH, .. }), "{e:?}");
+    assert_eq!(back.errors.len(), 1);
+    assert_eq!(rx.counters().requests_refused, 1);
+    assert_eq!(rx.vm_status(a.vm).unwrap().requests_refused, 1);
+    // The VM still works after all that.
+    a.connect(&mut rx, 5).unwrap();
+    a.sync(&mut rx, &mutated, 5);
+    assert_eq!(a.read_back(&mut rx, 5), mutated);
+    assert_eq!(store_image(&mut rx, b.vm), img_b);
+}
+
+#[test]
+fn connections_beyond_the_heap_set_aside_are_refused_with_no_memory() {
+    let cfg = ReceiverConfig { conn_memory_limit: 2 * CONN_MEMORY + CONN_MEMORY / 2, ..cfg() };
+    let mut rx = receiver(64 * MIB, &["a", "b", "c"], cfg);
+    let mut a = Primary::new("a", 16, small_chunks(64));
+    let mut b = Primary::new("b", 16, small_chunks(64));
+    let mut c = Primary::new("c", 16, small_chunks(64));
+    let mut rng = Rng(5);
+    let img_a = initial_image(16, &mut rng);
+    let img_b = initial_image(16, &mut rng);
+    a.connect(&mut rx, 0).unwrap();
+    a.sync(&mut rx, &img_a, 0);
+    b.connect(&mut rx, 0).unwrap();
+    b.sync(&mut rx, &img_b, 0);
+    // A third VM does not fit beside the two live connections.
+    let (code, reason) = c.connect(&mut rx, 1).unwrap_err();
+    assert_eq!(code, ErrorCode::NO_MEMORY.0);
+    assert!(reason.contains("no memory for another connection") && reason.contains("'c'"), "{reason}");
+    assert_eq!(rx.counters().no_memory, 1);
+    assert_eq!(rx.vm_status(c.vm).unwrap().state, VmState::Failed);
+    // The others are untouched and keep working; a reconnect of the same VM is admitted.
+    assert_eq!(store_image(&mut rx, a.vm), img_a);
+    assert_eq!(a.connect(&mut rx, 2).unwrap(), Some(1));
+    let mut img_a2 = img_a.clone();
+    mutate(&mut img_a2, &mut rng, 4);
+    a.sync(&mut rx, &img_a2, 2);
+    assert_eq!(b.read_back(&mut rx, 2), img_b);
+    // Once one goes, the third is admitted.
+    b.cut(&mut rx, 3);
+    assert_eq!(c.connect(&mut rx, 3).unwrap(), None);
+    // The live heap check: too little free heap refuses a HELLO.
+    c.cut(&mut rx, 4);
+    rx.set_heap_free(Some(CONN_MEMORY - 1));
+    let (code, reason) = c.connect(&mut rx, 4).unwrap_err();
+    assert_eq!(code, ErrorCode::NO_MEMORY.0);
+    assert!(reason.contains("heap exhausted"), "{reason}");
+    rx.set_heap_free(None);
+    assert_eq!(c.connect(&mut rx, 5).unwrap(), None);
+    assert_eq!(a.read_back(&mut rx, 5), img_a2);
+    assert_eq!(rx.counters().no_memory, 2);
+}
