@@ -471,3 +471,44 @@ fn appliance_salt_depends_on_every_input() {
     assert_ne!(s, derive_appliance_salt(&k, &[1; 32], &[1; 32]));
     assert_eq!(s, derive_appliance_salt(&k, &[1; 32], &[0; 32]));
 }
+
+#[test]
+fn after_a_refused_frame_only_an_error_can_be_sealed_and_the_peer_opens_it() {
+    let (mut p, mut a) = pair();
+    let f = p.seal(&epoch(1, b"abc")).unwrap();
+    a.feed(&f);
+    a.poll().unwrap().unwrap();
+    a.feed(&f);
+    assert!(matches!(a.poll(), Err(ProtoError::BadSequence { .. })));
+    assert!(a.is_poisoned() && a.can_seal_refusal());
+    assert_eq!(a.seal(&Message::Ack(Ack { epoch: 1 })).unwrap_err(), ProtoError::Poisoned);
+    let e = a.seal(&Message::Error(ErrorMsg { code: ErrorCode::PROTOCOL, reason: "frame refused: replay" })).unwrap();
+    p.feed(&e);
+    match p.poll().unwrap() {
+        Some(Message::Error(m)) => assert_eq!((m.code, m.reason), (ErrorCode::PROTOCOL, "frame refused: replay")),
+        other => panic!("{other:?}"),
+    }
+    // Before the peer authenticated, nothing can be sealed.
+    let mut fresh = Session::appliance(keys(), [9; 32]);
+    fresh.feed(&[0x55; 64]);
+    assert!(fresh.poll().is_err());
+    assert!(!fresh.can_seal_refusal());
+    let r = fresh.seal(&Message::Error(ErrorMsg { code: ErrorCode::PROTOCOL, reason: "x" }));
+    assert_eq!(r.unwrap_err(), ProtoError::Poisoned);
+}
+
+#[test]
+fn try_feed_keeps_the_buffer_within_one_frame_and_a_slice() {
+    let (mut p, mut a) = pair();
+    let data = vec![7u8; MAX_CHUNK];
+    let mut bytes = Vec::new();
+    for n in 1..=4 {
+        bytes.extend(p.seal(&epoch(n, &data)).unwrap());
+    }
+    for piece in bytes.chunks(FEED_SLICE) {
+        a.try_feed(piece).unwrap();
+        while a.poll().unwrap().is_some() {}
+        assert!(a.buffer_capacity() <= FEED_BUFFER_BOUND, "{}", a.buffer_capacity());
+    }
+    assert_eq!(a.buffered(), 0);
+}
