@@ -12,3 +12,4 @@ pub mod netbench;
 pub mod protect;
 pub mod resume;
 pub mod guard;
+pub mod probe;

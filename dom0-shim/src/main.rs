@@ -3,7 +3,7 @@
 //! Today: domain listing and live dirty-page rates through log-dirty. The
 //! protect/resume pipeline and the appliance commands build on these.
 
-use resilire_shim::{appliance, checkpoint, guard, netbench, protect, resume, ship, xen, xenstore};
+use resilire_shim::{appliance, checkpoint, guard, netbench, probe, protect, resume, ship, xen, xenstore};
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -34,6 +34,10 @@ const USAGE: &str = "usage: resilire-shim <command>
                                         intervals (default 5) and resume its VM here
   net-sink --port P                     discard TCP traffic (the throughput baseline's far end)
   net-blast --to IP:PORT [--mib N]      plain TCP throughput to a net-sink, MiB/s
+  probe-appliance forged|replayed|malformed|too-big|cut|hold|throughput --to IP:PORT --vm NAME[,NAME..]
+                  --key HEX64|@FILE [--pages N] [--image F --chunks N] [--hold S] [IMAGE...]
+                                        crafted connections: how the appliance refuses what a primary
+                                        never sends; `throughput` times receive-and-commit alone
   appliance start [--name N] [--kernel ELF] [--memory MiB] [--bridge BR]
                   --ip A.B.C.D/P [--gateway G|none] [--port P] [--budget MiB]
                   [--log-level L] --key VMID=HEX64|@FILE [--key ...] [--wait S]
@@ -69,6 +73,7 @@ fn run() -> Result<()> {
             hot_first: order_is_hot(&args[1..])?,
             once: args.iter().any(|a| a == "--once"),
         }),
+        Some("probe-appliance") => cmd_probe(&args[1..]),
         Some("net-sink") => netbench::sink(flag(&args[1..], "--port", 7790)? as u16),
         Some("net-blast") => {
             let to = opt(&args[1..], "--to").context("--to IP:PORT is required")?;
@@ -427,4 +432,41 @@ fn cmd_protect(args: &[String]) -> Result<()> {
         final_check: args.iter().any(|a| a == "--final-check"),
     };
     protect::run(&o)
+}
+
+fn cmd_probe(args: &[String]) -> Result<()> {
+    let what = args.first().context("probe-appliance needs a probe name")?;
+    let to = opt(args, "--to").context("--to IP:PORT is required")?.to_string();
+    let key = parse_key(opt(args, "--key").context("--key is required")?)?;
+    let pages = flag(args, "--pages", 4096)?;
+    let names: Vec<String> = opt(args, "--vm").context("--vm is required")?.split(',').map(str::to_string).collect();
+    let targets: Vec<probe::Target> =
+        names.iter().map(|n| probe::Target { addr: to.clone(), name: n.clone(), key, pages }).collect();
+    let t = &targets[0];
+    match what.as_str() {
+        "forged" => probe::forged(t),
+        "replayed" => probe::replayed(t),
+        "malformed" => probe::malformed(t),
+        "too-big" => probe::too_big(t),
+        "hold" => probe::hold(&targets, flag(args, "--hold", 5)?),
+        "cut" => probe::cut(t, opt(args, "--image").context("--image is required")?, flag(args, "--chunks", 2)? as usize),
+        "throughput" => {
+            // Images: the arguments that are not options or option values.
+            let mut images = Vec::new();
+            let mut i = 1;
+            while i < args.len() {
+                if args[i].starts_with("--") {
+                    i += 2;
+                } else {
+                    images.push(args[i].clone());
+                    i += 1;
+                }
+            }
+            if images.is_empty() {
+                bail!("throughput needs image files");
+            }
+            probe::throughput(t, &images).map(|_| ())
+        }
+        other => bail!("unknown probe {other}"),
+    }
 }

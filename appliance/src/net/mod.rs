@@ -315,8 +315,6 @@ impl Net {
             }
             events::clear(p);
         }
-        let now_ms = time::uptime_ns() / 1_000_000;
-        let svc_deadline_ms = svc.timers(now_ms);
         for _ in 0..64 {
             let ts = now();
             self.iface.poll(ts, &mut self.dev, &mut self.sockets);
@@ -328,6 +326,11 @@ impl Net {
                 break;
             }
         }
+        // The service's timers (the dead-peer timeout) run after the bytes that arrived are
+        // read: time the appliance spent elsewhere (publishing a page directory, a slow
+        // xenstore transaction) must not count as the primary's silence.
+        let now_ms = time::uptime_ns() / 1_000_000;
+        let svc_deadline_ms = svc.timers(now_ms);
         let t = time::now_ns();
         if t - self.last_summary_ns >= 30_000_000_000 {
             self.last_summary_ns = t;

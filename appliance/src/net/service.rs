@@ -18,7 +18,7 @@ use log::{error, info, warn};
 use resilire_appliance::config::{Config, STATUS_DIR};
 use resilire_appliance::xenstore::{Client, Transport};
 use resilire_boot::abi::PAGE_SIZE;
-use resilire_receiver::{ConnId, EventKind, Level, Receiver, ReceiverConfig, VmKey};
+use resilire_receiver::{ConnId, EventKind, Level, Receiver, ReceiverConfig, VmKey, CONN_MEMORY};
 use resilire_store::{FrameAllocator, PageLocation, Store};
 
 /// Largest EPOCH chunk announced to primaries.
@@ -27,6 +27,14 @@ const MAX_CHUNK: u32 = resilire_proto_max_chunk();
 const fn resilire_proto_max_chunk() -> u32 {
     1 << 20
 }
+
+/// Heap bytes the store's metadata may take per page of its budget: the page-object table
+/// (48 bytes an object, grown by doubling), the content index and the images' page tables
+/// (12 bytes a page). An estimate on the safe side of what `Store::memory_used` counts.
+const STORE_HEAP_PER_PAGE: usize = 112;
+/// Heap kept free for everything else: smoltcp, xenstore, status strings, events, page
+/// directories' bookkeeping.
+const HEAP_RESERVE: usize = 1 << 20;
 
 /// The store's frames: page frames of the appliance (mm's allocator). A
 /// frame is named by its PFN inside the appliance; the number published in
@@ -81,6 +89,11 @@ pub struct Receiving {
     /// Something changed that the status should show.
     status_dirty: bool,
     last_status_ns: u64,
+    /// Per connection: (accepted at ns, ns spent in the receiver, bytes) — the profile logged
+    /// when it closes (is the receiver the bottleneck?).
+    profile: BTreeMap<u64, (u64, u64, u64)>,
+    /// ns spent publishing page directories since the last connection closed.
+    publish_ns: u64,
 }
 
 fn now_ms() -> u64 {
@@ -103,6 +116,8 @@ impl Receiving {
             dirty_dirs: Vec::new(),
             status_dirty: true,
             last_status_ns: 0,
+            profile: BTreeMap::new(),
+            publish_ns: 0,
         }
     }
 
@@ -133,8 +148,30 @@ impl Receiving {
                 material[8..16].copy_from_slice(&time::now_ns().to_le_bytes());
                 // The protocol's largest EPOCH chunk (1 MiB): the shim does not
                 // yet split epochs by WELCOME's max_chunk.
-                let rcfg =
-                    ReceiverConfig { boot_material: material, max_chunk: MAX_CHUNK, ..ReceiverConfig::default() };
+                // The heap holds the store's metadata and each connection's buffers (bounded
+                // by CONN_MEMORY): connections are admitted at HELLO only while the heap set
+                // aside for them has room, and while the heap really has it free.
+                let (heap, _) = mm::heap_stats();
+                let store_meta = (budget / PAGE_SIZE) * STORE_HEAP_PER_PAGE;
+                let conn_limit = heap.saturating_sub(store_meta + HEAP_RESERVE);
+                let rcfg = ReceiverConfig {
+                    boot_material: material,
+                    max_chunk: MAX_CHUNK,
+                    conn_memory: CONN_MEMORY,
+                    conn_memory_limit: conn_limit.max(1),
+                    ..ReceiverConfig::default()
+                };
+                info!(
+                    "receiver: heap {} KiB: up to {} KiB for the store's metadata, {} KiB for connections ({} at up to {} KiB each)",
+                    heap / 1024,
+                    store_meta / 1024,
+                    conn_limit / 1024,
+                    conn_limit / CONN_MEMORY,
+                    CONN_MEMORY / 1024
+                );
+                if conn_limit < CONN_MEMORY {
+                    warn!("receiver: the heap leaves no room for a connection: primaries will be refused (NO_MEMORY); lower memory-budget-mib or give the appliance more memory");
+                }
                 match Receiver::new(store, &keys, rcfg) {
                     Ok(rx) => {
                         info!("receiver: ready, store budget {} MiB, {} VM key(s)", cfg.memory_budget_mib, keys.len());
@@ -171,7 +208,9 @@ impl Receiving {
     pub fn after_poll<T: Transport>(&mut self, xs: &mut Client<T>) {
         self.drain_events();
         for vm in core::mem::take(&mut self.dirty_dirs) {
+            let t0 = time::now_ns();
             self.publish_dir(xs, vm);
+            self.publish_ns += time::now_ns() - t0;
         }
         let t = time::now_ns();
         if self.status_dirty || t.saturating_sub(self.last_status_ns) >= 1_000_000_000 {
@@ -185,9 +224,23 @@ impl Receiving {
         self.last_status_ns = time::now_ns();
         let Some(rx) = self.rx.as_ref() else { return };
         let mut writes: Vec<(String, &'static str, String)> = Vec::new();
+        let counters = rx.counters();
+        let (heap, heap_free) = mm::heap_stats();
+        let top = [
+            ("frames_refused", format!("{}", counters.frames_refused)),
+            ("requests_refused", format!("{}", counters.requests_refused)),
+            ("no_memory_refusals", format!("{}", counters.no_memory)),
+            ("heap_kib", format!("{}", heap / 1024)),
+            ("heap_free_kib", format!("{}", heap_free / 1024)),
+        ];
+        for (k, v) in top {
+            if self.written.get(&(String::new(), k)) != Some(&v) {
+                writes.push((String::new(), k, v));
+            }
+        }
         for s in rx.status() {
             let name = s.name.to_string();
-            let vals: [(&'static str, String); 8] = [
+            let vals: [(&'static str, String); 10] = [
                 ("state", s.state.as_str().to_string()),
                 ("committed_epoch", s.committed_epoch.map(|e| format!("{e}")).unwrap_or_default()),
                 ("epochs_committed", format!("{}", s.epochs_committed)),
@@ -196,6 +249,8 @@ impl Receiving {
                 ("pages", s.pages.map(|e| format!("{e}")).unwrap_or_default()),
                 ("guest", s.guest_name.to_string()),
                 ("last_error", s.last_error.unwrap_or("").to_string()),
+                ("frames_refused", format!("{}", s.frames_refused)),
+                ("requests_refused", format!("{}", s.requests_refused)),
             ];
             for (k, v) in vals {
                 if self.written.get(&(name.clone(), k)) != Some(&v) {
@@ -208,7 +263,11 @@ impl Receiving {
         }
         let r = xs.transaction(8, |xs, tx| {
             for (name, k, v) in &writes {
-                xs.write(tx, &format!("{STATUS_DIR}/vms/{name}/{k}"), v)?;
+                if name.is_empty() {
+                    xs.write(tx, &format!("{STATUS_DIR}/{k}"), v)?;
+                } else {
+                    xs.write(tx, &format!("{STATUS_DIR}/vms/{name}/{k}"), v)?;
+                }
             }
             Ok(())
         });
@@ -327,14 +386,24 @@ impl Receiving {
 
 impl Service for Receiving {
     fn accept(&mut self, now_ms: u64) -> Option<u64> {
-        self.rx.as_mut().map(|rx| rx.accept(now_ms).0)
+        let id = self.rx.as_mut().map(|rx| rx.accept(now_ms).0)?;
+        self.profile.insert(id, (time::now_ns(), 0, 0));
+        self.publish_ns = 0;
+        Some(id)
     }
 
     fn on_bytes(&mut self, conn: u64, data: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ()> {
         let Some(rx) = self.rx.as_mut() else { return Err(()) };
-        rx.on_bytes(ConnId(conn), data, now_ms, out).map_err(|e| {
+        let t0 = time::now_ns();
+        rx.set_heap_free(Some(mm::heap_stats().1));
+        let r = rx.on_bytes(ConnId(conn), data, now_ms, out).map_err(|e| {
             info!("receiver: connection {conn} ends: {e}");
-        })
+        });
+        if let Some(p) = self.profile.get_mut(&conn) {
+            p.1 += time::now_ns() - t0;
+            p.2 += data.len() as u64;
+        }
+        r
     }
 
     fn poll_output(&mut self, conn: u64, out: &mut Vec<u8>) -> Result<(), ()> {
@@ -347,6 +416,20 @@ impl Service for Receiving {
     fn on_close(&mut self, conn: u64, _now_ms: u64) {
         if let Some(rx) = self.rx.as_mut() {
             rx.on_close(ConnId(conn));
+        }
+        if let Some((start, busy, bytes)) = self.profile.remove(&conn) {
+            let wall = (time::now_ns() - start).max(1);
+            if bytes >= 1 << 20 {
+                info!(
+                    "receiver: profile of connection {conn}: {} KiB in {} ms; receiver (decrypt, decode, commit) busy {} ms = {}% ({} KiB/s while busy); page directories {} ms",
+                    bytes / 1024,
+                    wall / 1_000_000,
+                    busy / 1_000_000,
+                    busy * 100 / wall,
+                    bytes * 1_000_000_000 / 1024 / busy.max(1),
+                    self.publish_ns / 1_000_000
+                );
+            }
         }
     }
 

@@ -379,6 +379,12 @@ pub fn free_frame(f: Frame) {
     }
 }
 
+/// The heap: (size, free) in bytes.
+pub fn heap_stats() -> (usize, usize) {
+    let h = HEAP.lock();
+    (h.size(), h.free())
+}
+
 /// Memory figures for the status.
 pub fn report() -> MemoryReport {
     let g = MEMORY.lock();
