@@ -90,3 +90,29 @@ die_now() {
     kill_host 0
     sleep 600
 }
+
+# start_appliance <name> <ip> <memory MiB> <budget MiB> <vm=key>...: starts
+# the appliance domain on xenbr0 (gateway none, TCP port 7780) with those VM
+# keys, waits for its netfront and a ping reply. Sets APP_DOMID and
+# APP_STATUS (its xenstore status directory).
+start_appliance() {
+    _name=$1; _ip=$2; _mem=$3; _budget=$4; shift 4
+    _keys=""
+    for _k in "$@"; do _keys="$_keys --key $_k"; done
+    # shellcheck disable=SC2086
+    resilire-shim appliance start --name "$_name" --memory "$_mem" --ip "$_ip/24" --gateway none --port 7780 \
+        --budget "$_budget" $_keys --wait 60 > "/tmp/$_name-start.txt" 2>&1 \
+        || { cat "/tmp/$_name-start.txt"; dump_guest "$_name"; fail "appliance start"; }
+    cat "/tmp/$_name-start.txt"
+    APP_DOMID=$(xl domid "$_name")
+    APP_STATUS=/local/domain/$APP_DOMID/resilire/status
+    wait_guest_line 30 "$_name" "netfront: connected"
+    grep "netfront: connected" "$(guest_log "$_name")" | head -1
+    wait_for 30 "ping reply from the appliance" ping -c 1 -W 1 "$_ip" || { dump_guest "$_name"; fail "no ping reply from $_ip"; }
+}
+
+# Lab hosts share one QEMU multicast segment, which hands every host its own
+# frames back: a dom0 bridge would learn its local domains' MACs on eth0 and
+# drop frames from other hosts to them. Learning off on eth0 keeps those MACs
+# on their vifs (frames to other hosts' MACs are flooded instead).
+bridge_ignore_echo() { echo 0 > /sys/class/net/eth0/brport/learning; }

@@ -18,16 +18,10 @@ VM2_ID=2270220723992231696
 VM3=db1
 VM3_ID=5095550562600875837
 
-resilire-shim appliance start --name app --memory 128 --ip $APP_IP/24 --gateway none --port 7780 \
-    --budget 96 --key $VM=$KEY --key $VM2=$KEY --key $VM3=$KEY --wait 60 > /tmp/app-start.txt 2>&1 || { cat /tmp/app-start.txt; dump_guest app; fail "appliance start"; }
-cat /tmp/app-start.txt
-D=$(xl domid app)
-S=/local/domain/$D/resilire/status
-
-wait_guest_line 30 app "netfront: connected" || true
-grep "netfront: connected" "$(guest_log app)" | head -1
+start_appliance app $APP_IP 128 96 $VM=$KEY $VM2=$KEY $VM3=$KEY
+D=$APP_DOMID
+S=$APP_STATUS
 xenstore-ls /local/domain/$D/device/vif/0 | grep -E "state|ring-ref|event-channel|request-rx-copy"
-wait_for 30 "ping reply from the appliance" ping -c 1 -W 1 $APP_IP || { dump_guest app; fail "no ping reply"; }
 ping -c 10 -i 0.2 $APP_IP > /tmp/ping.txt 2>&1 || { cat /tmp/ping.txt; dump_guest app; fail "ping lost packets"; }
 cat /tmp/ping.txt
 show "ping: $(tail -1 /tmp/ping.txt)"
