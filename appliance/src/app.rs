@@ -188,10 +188,12 @@ pub fn run(bi: &BootInfo) -> ! {
             next_status = now + STATUS_PERIOD_NS;
         }
         let deadline = app.config_retry_at.map_or(next_status, |t| t.min(next_status)).min(net_deadline);
+        let t_wait = time::now_ns();
         match app.net.as_ref().and_then(|n| n.port()) {
             Some(p) => events::wait(&[app.port, p], deadline),
             None => events::wait(&[app.port], deadline),
         }
+        crate::net::profile::add(&crate::net::profile::IDLE_NS, time::now_ns() - t_wait);
     }
 }
 

@@ -40,6 +40,27 @@ const OUT_HIGH_WATER: usize = 1;
 /// Output buffers larger than this are given back to the heap once empty.
 const OUT_KEEP: usize = 256 * 1024;
 
+/// Where the appliance's time goes (ns since boot), for the receive profile: blocked waiting
+/// for an event or a deadline (`app.rs`), in smoltcp and netfront (`iface.poll`, kicks), in
+/// the service (the receiver, called from the socket loop).
+pub mod profile {
+    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    /// Blocked in `events::wait`.
+    pub static IDLE_NS: AtomicU64 = AtomicU64::new(0);
+    /// In smoltcp's `Interface::poll` (with netfront's receive and transmit) and kicks.
+    pub static STACK_NS: AtomicU64 = AtomicU64::new(0);
+    /// In the socket loop (mostly the service).
+    pub static SOCKETS_NS: AtomicU64 = AtomicU64::new(0);
+    /// Adds `ns` to a counter.
+    pub fn add(c: &AtomicU64, ns: u64) {
+        c.fetch_add(ns, Relaxed);
+    }
+    /// (idle, stack, sockets) now.
+    pub fn snapshot() -> (u64, u64, u64) {
+        (IDLE_NS.load(Relaxed), STACK_NS.load(Relaxed), SOCKETS_NS.load(Relaxed))
+    }
+}
+
 /// What runs on top of the TCP connections (the epoch receiver).
 pub trait Service {
     /// A connection was established; returns its id (None: refused, the
@@ -316,13 +337,20 @@ impl Net {
             events::clear(p);
         }
         for _ in 0..64 {
+            let t0 = time::now_ns();
             let ts = now();
             self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+            let t1 = time::now_ns();
             self.service_sockets(svc, time::uptime_ns() / 1_000_000);
             self.ensure_listener();
+            let t2 = time::now_ns();
             // send what the service produced right away
             self.iface.poll(now(), &mut self.dev, &mut self.sockets);
-            if !self.dev.nf.kick() {
+            let more = self.dev.nf.kick();
+            let t3 = time::now_ns();
+            profile::add(&profile::STACK_NS, (t1 - t0) + (t3 - t2));
+            profile::add(&profile::SOCKETS_NS, t2 - t1);
+            if !more {
                 break;
             }
         }

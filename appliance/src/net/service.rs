@@ -91,7 +91,7 @@ pub struct Receiving {
     last_status_ns: u64,
     /// Per connection: (accepted at ns, ns spent in the receiver, bytes) — the profile logged
     /// when it closes (is the receiver the bottleneck?).
-    profile: BTreeMap<u64, (u64, u64, u64)>,
+    profile: BTreeMap<u64, (u64, u64, u64, (u64, u64, u64))>,
     /// ns spent publishing page directories since the last connection closed.
     publish_ns: u64,
 }
@@ -387,7 +387,7 @@ impl Receiving {
 impl Service for Receiving {
     fn accept(&mut self, now_ms: u64) -> Option<u64> {
         let id = self.rx.as_mut().map(|rx| rx.accept(now_ms).0)?;
-        self.profile.insert(id, (time::now_ns(), 0, 0));
+        self.profile.insert(id, (time::now_ns(), 0, 0, super::profile::snapshot()));
         self.publish_ns = 0;
         Some(id)
     }
@@ -417,17 +417,23 @@ impl Service for Receiving {
         if let Some(rx) = self.rx.as_mut() {
             rx.on_close(ConnId(conn));
         }
-        if let Some((start, busy, bytes)) = self.profile.remove(&conn) {
+        if let Some((start, busy, bytes, (idle0, stack0, sock0))) = self.profile.remove(&conn) {
             let wall = (time::now_ns() - start).max(1);
+            let (idle1, stack1, sock1) = super::profile::snapshot();
+            let pct = |ns: u64| ns * 100 / wall;
             if bytes >= 1 << 20 {
                 info!(
-                    "receiver: profile of connection {conn}: {} KiB in {} ms; receiver (decrypt, decode, commit) busy {} ms = {}% ({} KiB/s while busy); page directories {} ms",
+                    "receiver: profile of connection {conn}: {} KiB in {} ms; receiver (decrypt, decode, commit) busy {} ms = {}% ({} KiB/s while busy); \
+                     appliance idle {}%, smoltcp+netfront {}%, socket loop (incl. receiver) {}%, page directories {}%, other (xenstore, status) the rest",
                     bytes / 1024,
                     wall / 1_000_000,
                     busy / 1_000_000,
-                    busy * 100 / wall,
+                    pct(busy),
                     bytes * 1_000_000_000 / 1024 / busy.max(1),
-                    self.publish_ns / 1_000_000
+                    pct(idle1 - idle0),
+                    pct(stack1 - stack0),
+                    pct(sock1 - sock0),
+                    pct(self.publish_ns)
                 );
             }
         }
