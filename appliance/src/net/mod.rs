@@ -72,6 +72,8 @@ pub trait Service {
     /// More output for `conn` produced outside `on_bytes` (timers, a newer
     /// connection taking over). An error closes the connection after `out`.
     fn poll_output(&mut self, conn: u64, out: &mut Vec<u8>) -> Result<(), ()>;
+    /// The peer took output off `conn` (TCP acknowledged it): it is alive.
+    fn peer_alive(&mut self, conn: u64, now_ms: u64);
     /// The connection is gone.
     fn on_close(&mut self, conn: u64, now_ms: u64);
     /// Runs the service's timers; returns when (ms, same clock) to call again.
@@ -85,6 +87,8 @@ struct Conn {
     out_off: usize,
     bytes_in: u64,
     bytes_out: u64,
+    /// smoltcp's send queue at the last look.
+    sendq: usize,
     /// The service refused the connection: close once the output is sent.
     closing: bool,
 }
@@ -225,6 +229,7 @@ impl Net {
                     out_off: 0,
                     bytes_in: 0,
                     bytes_out: 0,
+                    sendq: 0,
                     closing: false,
                 });
             }
@@ -242,6 +247,7 @@ impl Net {
                 c.out_off = 0;
                 c.bytes_in = 0;
                 c.bytes_out = 0;
+                c.sendq = 0;
                 match svc.accept(now_ms) {
                     Some(id) => {
                         info!("net: connection {id} from {:?}", s.remote_endpoint());
@@ -290,6 +296,13 @@ impl Net {
                     }
                 }
             }
+            // The send queue shrank: the peer acknowledged output (it is alive even if it
+            // sends nothing while it takes a large reply).
+            let q = s.send_queue();
+            if q < c.sendq {
+                svc.peer_alive(id, now_ms);
+            }
+            c.sendq = q;
             if c.out_off < c.out.len() {
                 log::debug!(
                     "net: connection {id}: {} B of output waiting, state {}, can_send {}, send queue {}",

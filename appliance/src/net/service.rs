@@ -413,6 +413,12 @@ impl Service for Receiving {
         })
     }
 
+    fn peer_alive(&mut self, conn: u64, now_ms: u64) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.peer_alive(ConnId(conn), now_ms);
+        }
+    }
+
     fn on_close(&mut self, conn: u64, _now_ms: u64) {
         if let Some(rx) = self.rx.as_mut() {
             rx.on_close(ConnId(conn));

@@ -891,6 +891,16 @@ impl<A: FrameAllocator> Receiver<A> {
         }
     }
 
+    /// The peer of `conn` took output off the connection (TCP acknowledged bytes the receiver
+    /// sent, for example a large READ reply): it is alive, and its silence meanwhile is not a
+    /// dead peer (the dead-peer timeout restarts). Unknown ids are ignored.
+    pub fn peer_alive(&mut self, conn: ConnId, now_ms: u64) {
+        self.now = self.now.max(now_ms);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.st.last_rx_ms = c.st.last_rx_ms.max(now_ms);
+        }
+    }
+
     /// Bytes queued for `conn` outside [`Receiver::on_bytes`] (for example the ERROR telling a
     /// superseded connection why it is closed) are appended to `out`. `Err` means: write `out`,
     /// then close the connection (the receiver has forgotten it).

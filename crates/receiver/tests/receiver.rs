@@ -868,3 +868,18 @@ fn connections_beyond_the_heap_set_aside_are_refused_with_no_memory() {
     assert_eq!(a.read_back(&mut rx, 5), img_a2);
     assert_eq!(rx.counters().no_memory, 2);
 }
+
+#[test]
+fn a_peer_taking_output_is_not_a_dead_peer() {
+    let mut rx = receiver(16 * MIB, &["a"], cfg());
+    let mut a = Primary::new("a", 16, small_chunks(64));
+    a.connect(&mut rx, 0).unwrap();
+    let conn = a.conn.unwrap();
+    // Silent for 4 s, but taking a large reply off the connection meanwhile.
+    rx.peer_alive(conn, 4_000);
+    rx.poll_timeouts(8_000);
+    assert!(rx.pending_connections().is_empty());
+    assert_eq!(rx.vm_status(a.vm).unwrap().connection, Some(conn));
+    rx.poll_timeouts(9_001);
+    assert_eq!(rx.pending_connections(), vec![conn]);
+}
