@@ -468,7 +468,9 @@ impl Netfront {
         self.rx.push();
         xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::CONNECTED))
             .map_err(|e| NetError::Xs("state Connected", e))?;
-        self.wait_backend(xs, "backend Connected", |s| s == xenbus::CONNECTED, 20_000_000_000)?;
+        // netback turns Connected only once dom0's hotplug script (vif-bridge) has run: 15 s
+        // in a passing lab run after network-attach, over 20 s on a loaded TCG host.
+        self.wait_backend(xs, "backend Connected", |s| s == xenbus::CONNECTED, 60_000_000_000)?;
         self.connected = true;
         self.stats.connects += 1;
         events::notify(port);
