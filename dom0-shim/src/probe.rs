@@ -440,6 +440,9 @@ pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
 
     let mut p = Probe::connect(t, t.key)?;
     let w = p.live(&t.name, t.pages)?;
+    // A full 16 MiB epoch over a slow lab network takes a while to be ACKed.
+    p.stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    p.stream.set_write_timeout(Some(Duration::from_secs(120)))?;
     if (w.max_chunk as usize) < resilire_proto::MAX_CHUNK {
         bail!("the appliance takes chunks of at most {} bytes", w.max_chunk);
     }
