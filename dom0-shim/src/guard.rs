@@ -62,10 +62,25 @@ enum Verdict {
     Done,
 }
 
-struct Watched {
-    /// bytes_received, committed_epoch, last_heard_ms as last read.
-    signature: (String, String, String),
+/// What the appliance reports about one VM, as far as liveness goes:
+/// bytes received, committed epoch, last heard (any change is a sign of
+/// life).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signs {
+    /// `bytes_received`.
+    pub bytes: String,
+    /// `committed_epoch` (empty: nothing committed yet).
+    pub epoch: String,
+    /// `last_heard_ms`.
+    pub heard: String,
+}
+
+/// One VM's liveness as the guard tracks it (no I/O: tested on the host).
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    signs: Signs,
     changed_at: Instant,
+    /// The primary's checkpoint interval, from the restore state.
     interval: Option<Duration>,
     /// When the committed epoch last changed, and the smoothed time
     /// between commits: a loaded primary's epochs come slower than its
@@ -73,6 +88,91 @@ struct Watched {
     committed_at: Instant,
     period: Option<Duration>,
     verdict: Verdict,
+}
+
+/// What the guard should do about a VM after an observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Nothing (alive, or already reported).
+    Wait,
+    /// The primary came back after a report.
+    HeardAgain,
+    /// Silent this long with nothing committed: report, do not resume.
+    SilentWithoutEpoch(Duration),
+    /// Silent this long with an epoch committed, judged against this
+    /// epoch period: a candidate for takeover.
+    Dead(Duration, Duration),
+}
+
+impl Tracker {
+    /// Starts tracking at `now` (silence counts from here).
+    pub fn new(signs: Signs, now: Instant) -> Tracker {
+        Tracker { signs, changed_at: now, interval: None, committed_at: now, period: None, verdict: Verdict::Watching }
+    }
+
+    /// Whether an epoch is committed.
+    pub fn committed(&self) -> bool {
+        !self.signs.epoch.is_empty()
+    }
+
+    /// The committed epoch as reported.
+    pub fn epoch(&self) -> &str {
+        &self.signs.epoch
+    }
+
+    /// Records the primary's checkpoint interval.
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = Some(interval);
+    }
+
+    /// Whether the interval is known.
+    pub fn has_interval(&self) -> bool {
+        self.interval.is_some()
+    }
+
+    /// Takes one observation and says what to do.
+    pub fn observe(&mut self, signs: Signs, now: Instant, missed: u32, min_silence: Duration) -> Call {
+        if self.verdict == Verdict::Done {
+            return Call::Wait;
+        }
+        let mut call = Call::Wait;
+        if self.signs != signs {
+            if self.verdict != Verdict::Watching {
+                call = Call::HeardAgain;
+            }
+            if self.signs.epoch != signs.epoch {
+                if self.committed() {
+                    let gap = now - self.committed_at;
+                    self.period = Some(self.period.map_or(gap, |p| (p * 7 + gap) / 8));
+                }
+                self.committed_at = now;
+            }
+            self.signs = signs;
+            self.changed_at = now;
+            self.verdict = Verdict::Watching;
+        }
+        let period = self.interval.unwrap_or(DEFAULT_INTERVAL).max(self.period.unwrap_or_default());
+        let silent = now - self.changed_at;
+        if self.verdict != Verdict::Watching || silent < (period * missed).max(min_silence) {
+            return call;
+        }
+        if self.committed() {
+            Call::Dead(silent, period)
+        } else {
+            self.verdict = Verdict::NoEpoch;
+            Call::SilentWithoutEpoch(silent)
+        }
+    }
+
+    /// The primary is silent but its host answers: reported, left alone.
+    pub fn primary_alive(&mut self) {
+        self.verdict = Verdict::PrimaryAlive;
+    }
+
+    /// Taken over (or tried to): the guard is done with this VM.
+    pub fn done(&mut self) {
+        self.verdict = Verdict::Done;
+    }
 }
 
 /// Seconds since this host booted (the scenarios' clock too).
@@ -96,66 +196,40 @@ pub fn run(o: &GuardOptions) -> Result<()> {
         o.min_silence.as_millis(),
         o.primary.as_deref().map(|p| format!(" and when {p} does not answer")).unwrap_or_default()
     );
-    let mut watched: BTreeMap<String, Watched> = BTreeMap::new();
+    let mut watched: BTreeMap<String, Tracker> = BTreeMap::new();
     loop {
         for vm in xs.directory(&vms_dir)? {
             let get = |k: &str| -> Result<String> { Ok(xs.read(&format!("{vms_dir}/{vm}/{k}"))?.unwrap_or_default()) };
-            let signature = (get("bytes_received")?, get("committed_epoch")?, get("last_heard_ms")?);
+            let signs = Signs { bytes: get("bytes_received")?, epoch: get("committed_epoch")?, heard: get("last_heard_ms")? };
             let now = Instant::now();
-            let w = watched.entry(vm.clone()).or_insert_with(|| Watched {
-                signature: signature.clone(),
-                changed_at: now,
-                interval: None,
-                committed_at: now,
-                period: None,
-                verdict: Verdict::Watching,
-            });
-            if w.verdict == Verdict::Done {
-                continue;
+            let w = watched.entry(vm.clone()).or_insert_with(|| Tracker::new(signs.clone(), now));
+            if w.committed() && !w.has_interval() {
+                if let Ok(state) = CommittedFrames::locate(&xs, &fm, app, &vm).and_then(|f| resume::read_state(&f)) {
+                    w.set_interval(Duration::from_millis(u64::from(state.interval_ms.max(1))));
+                }
             }
-            if w.signature != signature {
-                if w.verdict != Verdict::Watching {
+            let (silent, period) = match w.observe(signs, now, o.missed, o.min_silence) {
+                Call::Wait => continue,
+                Call::HeardAgain => {
                     println!("guard: {vm}: the primary is heard from again");
+                    continue;
                 }
-                if w.signature.1 != signature.1 && !w.signature.1.is_empty() {
-                    let gap = now - w.committed_at;
-                    w.period = Some(w.period.map_or(gap, |p| (p * 7 + gap) / 8));
+                Call::SilentWithoutEpoch(silent) => {
+                    println!(
+                        "guard: {vm}: primary silent for {} ms during the initial synchronisation: no committed epoch, nothing to resume",
+                        silent.as_millis()
+                    );
+                    continue;
                 }
-                if w.signature.1 != signature.1 {
-                    w.committed_at = now;
-                }
-                w.signature = signature;
-                w.changed_at = now;
-                w.verdict = Verdict::Watching;
-            }
-            let committed = !w.signature.1.is_empty();
-            if committed && w.interval.is_none() {
-                w.interval = CommittedFrames::locate(&xs, &fm, app, &vm)
-                    .and_then(|f| resume::read_state(&f))
-                    .ok()
-                    .map(|s| Duration::from_millis(u64::from(s.interval_ms.max(1))));
-            }
-            let interval = w.interval.unwrap_or(DEFAULT_INTERVAL).max(w.period.unwrap_or_default());
-            let limit = (interval * o.missed).max(o.min_silence);
-            let silent = now - w.changed_at;
-            if silent < limit || w.verdict != Verdict::Watching {
-                continue;
-            }
-            if !committed {
-                println!(
-                    "guard: {vm}: primary silent for {} ms during the initial synchronisation: no committed epoch, nothing to resume",
-                    silent.as_millis()
-                );
-                w.verdict = Verdict::NoEpoch;
-                continue;
-            }
+                Call::Dead(silent, period) => (silent, period),
+            };
             if let Some(p) = &o.primary {
                 if answers(p) {
                     println!(
                         "guard: {vm}: primary silent for {} ms but its host {p} answers: not taking over (split-brain guard)",
                         silent.as_millis()
                     );
-                    w.verdict = Verdict::PrimaryAlive;
+                    w.primary_alive();
                     continue;
                 }
             }
@@ -164,10 +238,10 @@ pub fn run(o: &GuardOptions) -> Result<()> {
                 "guard: {vm}: FAILOVER: primary silent for {} ms (> {} epochs of {} ms), detected at {detected:.2} s; resuming from committed epoch {}",
                 silent.as_millis(),
                 o.missed,
-                interval.as_millis(),
-                w.signature.1
+                period.as_millis(),
+                w.epoch()
             );
-            w.verdict = Verdict::Done;
+            w.done();
             let r = resume::run(&ResumeOptions {
                 vm: vm.clone(),
                 appliance: o.appliance.clone(),
@@ -212,4 +286,67 @@ pub fn print_status() -> Result<()> {
         println!("failover {}: {}", e.file_name().to_string_lossy(), line.trim());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signs(bytes: u32, epoch: &str) -> Signs {
+        Signs { bytes: bytes.to_string(), epoch: epoch.into(), heard: String::new() }
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_live_primary_is_never_dead_and_a_silent_one_is_after_missed_intervals() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(signs(0, ""), t0);
+        t.set_interval(MS(200));
+        for i in 1..=20u32 {
+            let call = t.observe(signs(i * 1000, &i.to_string()), t0 + MS(u64::from(i) * 200), 5, MS(1000));
+            assert_eq!(call, Call::Wait, "epoch {i}");
+        }
+        let last = t0 + MS(4000);
+        assert_eq!(t.observe(signs(20_000, "20"), last + MS(999), 5, MS(1000)), Call::Wait);
+        match t.observe(signs(20_000, "20"), last + MS(1001), 5, MS(1000)) {
+            Call::Dead(silent, period) => assert!(silent >= MS(1000) && period == MS(200), "{period:?}"),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn silence_before_the_first_commit_is_reported_once_and_never_resumed() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(signs(5, ""), t0);
+        assert_eq!(t.observe(signs(5, ""), t0 + MS(2000), 5, MS(1000)), Call::SilentWithoutEpoch(MS(2000)));
+        assert_eq!(t.observe(signs(5, ""), t0 + MS(3000), 5, MS(1000)), Call::Wait);
+        // A returning primary is noticed.
+        assert_eq!(t.observe(signs(6, ""), t0 + MS(3100), 5, MS(1000)), Call::HeardAgain);
+    }
+
+    #[test]
+    fn a_slow_primary_is_judged_by_its_real_epoch_period() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(signs(0, "1"), t0);
+        t.set_interval(MS(100));
+        // Epochs every 800 ms although the interval says 100 ms.
+        for i in 1..=10u64 {
+            assert_eq!(t.observe(signs(i as u32, &(i + 1).to_string()), t0 + MS(i * 800), 5, MS(500)), Call::Wait);
+        }
+        // 2 s of silence: 5 intervals of 100 ms, but not 5 periods of ~800 ms.
+        assert_eq!(t.observe(signs(10, "11"), t0 + MS(8000 + 2000), 5, MS(500)), Call::Wait);
+        assert!(matches!(t.observe(signs(10, "11"), t0 + MS(8000 + 4500), 5, MS(500)), Call::Dead(..)));
+    }
+
+    #[test]
+    fn after_a_takeover_or_a_live_host_the_guard_stays_quiet() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(signs(1, "3"), t0);
+        assert!(matches!(t.observe(signs(1, "3"), t0 + MS(5000), 5, MS(1000)), Call::Dead(..)));
+        t.primary_alive();
+        assert_eq!(t.observe(signs(1, "3"), t0 + MS(9000), 5, MS(1000)), Call::Wait);
+        t.done();
+        assert_eq!(t.observe(signs(2, "4"), t0 + MS(9500), 5, MS(1000)), Call::Wait);
+    }
 }
