@@ -167,26 +167,39 @@ impl Shipper {
     /// appliance stages until the consistent final round's COMMIT.
     pub fn send_pages(&mut self, image: &[u8], dirty: &[u64]) -> Result<()> {
         let epoch = self.next_epoch;
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
         self.encoder.take_stats();
-        self.encoder.encode_epoch(image, dirty.iter().copied(), &mut |c: &[u8]| chunks.push(c.to_vec()));
+        // Each chunk goes out as soon as the encoder produces it: a whole
+        // memory's worth encoded first would leave the appliance without a
+        // frame for seconds (it drops connections silent for that long) and
+        // hold the whole encoded epoch in memory.
+        let Shipper { stream, session, encoder, open, .. } = self;
+        let mut failed: Option<anyhow::Error> = None;
+        encoder.encode_epoch(image, dirty.iter().copied(), &mut |c: &[u8]| {
+            if failed.is_some() {
+                return;
+            }
+            open.encoded += c.len() as u64;
+            let m = Message::Epoch(EpochData { epoch, chunk_index: open.chunks, data: c });
+            match session.seal(&m) {
+                Ok(frame) => {
+                    open.wire += frame.len() as u64;
+                    match stream.write_all(&frame) {
+                        Ok(()) => open.chunks += 1,
+                        Err(e) => failed = Some(anyhow::Error::new(e).context("sending to the appliance")),
+                    }
+                }
+                Err(e) => failed = Some(anyhow::anyhow!("sealing an EPOCH chunk: {e:?}")),
+            }
+        });
+        if let Some(e) = failed {
+            self.encoder.abort_epoch();
+            return Err(e);
+        }
         let enc = self.encoder.take_stats();
         // COMMIT counts the page records the epoch carries: dirty pages whose
         // content did not change after all produce none.
         self.open.records += enc.pages_in - enc.pages_unchanged;
         self.open.dirty += dirty.len() as u64;
-        for c in &chunks {
-            self.open.encoded += c.len() as u64;
-            let m = Message::Epoch(EpochData { epoch, chunk_index: self.open.chunks, data: c });
-            let mut wire = 0;
-            let r = self.send(&m, &mut wire);
-            self.open.wire += wire;
-            if let Err(e) = r {
-                self.encoder.abort_epoch();
-                return Err(e);
-            }
-            self.open.chunks += 1;
-        }
         Ok(())
     }
 
