@@ -159,6 +159,12 @@ impl Receiving {
                     max_chunk: MAX_CHUNK,
                     conn_memory: CONN_MEMORY,
                     conn_memory_limit: conn_limit.max(1),
+                    // A primary is declared dead (its connection closed, its epoch in progress
+                    // discarded) after 15 s without a byte from it and without it taking any
+                    // of our output. 5 s (the receiver's default) cut healthy connections in
+                    // the TCG lab, where one TCP retransmission backoff can stall that long;
+                    // failover decisions are the guard's, from the status, not this timer.
+                    dead_peer_ms: 15_000,
                     ..ReceiverConfig::default()
                 };
                 info!(
