@@ -70,14 +70,15 @@ FO_GUEST_IP=10.99.0.101
 # failover_backup_start: host 1 starts the appliance and the guard (log in
 # /tmp/guard.txt), which resumes the guest here when the primary dies.
 failover_backup_start() {
-    resilire-shim appliance start --name app --memory 320 --ip $FO_APP_IP/24 --port 7780 --budget 256 \
-        --key testvm=$FO_KEY --wait 90 || { dump_guest app; fail "appliance start"; }
+    bridge_ignore_echo
+    start_appliance app $FO_APP_IP 320 256 testvm=$FO_KEY
     resilire-shim guard --appliance app --missed 5 --primary "$(host_ip 0)" --once > /tmp/guard.txt 2>&1 &
 }
 
 # failover_primary_start: host 0 starts the guest and protects it to host
 # 1's appliance in the background (log in /tmp/protect.txt).
 failover_primary_start() {
+    bridge_ignore_echo
     wait_for 120 "the backup's appliance" ping -c 1 -W 1 $FO_APP_IP
     xl create "$(guest_config testvm $FO_GUEST_IP 128 32)" || fail "xl create"
     wait_guest_line 120 testvm "workload: counter="
