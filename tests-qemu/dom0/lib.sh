@@ -71,6 +71,7 @@ FO_GUEST_IP=10.99.0.101
 # /tmp/guard.txt), which resumes the guest here when the primary dies.
 failover_backup_start() {
     bridge_ignore_echo
+    trap 'echo "---- guard ----"; cat /tmp/guard.txt; echo "---- client (last lines) ----"; tail -n 5 /tmp/client.txt; dump_guest app | tail -n 40' EXIT
     start_appliance app $FO_APP_IP 320 256 testvm=$FO_KEY
     resilire-shim guard --appliance app --missed 5 --primary "$(host_ip 0)" --once > /tmp/guard.txt 2>&1 &
 }
@@ -79,10 +80,37 @@ failover_backup_start() {
 # 1's appliance in the background (log in /tmp/protect.txt).
 failover_primary_start() {
     bridge_ignore_echo
+    trap 'echo "---- protect ----"; tail -n 30 /tmp/protect.txt' EXIT
     wait_for 120 "the backup's appliance" ping -c 1 -W 1 $FO_APP_IP
     xl create "$(guest_config testvm $FO_GUEST_IP 128 32)" || fail "xl create"
     wait_guest_line 120 testvm "workload: counter="
     resilire-shim protect testvm --backup $FO_APP_IP:7780 --key $FO_KEY --interval 200 > /tmp/protect.txt 2>&1 &
+}
+
+# client_record: a TCP client of the guest's counter stream, reconnecting
+# whenever the connection ends; every value with this host's uptime goes to
+# /tmp/client.txt.
+client_record() {
+    while true; do
+        ( echo stream; sleep 3600 ) | nc -w 3 $FO_GUEST_IP 7000 | while read -r _ c; do echo "$(now) $c"; done
+        sleep 0.2
+    done > /tmp/client.txt
+}
+
+# client_check <resumed_at>: the client's values never went back (nothing it
+# saw was lost by the failover) and some arrived after <resumed_at>; prints
+# the longest silence it saw.
+client_check() {
+    awk -v r="$1" '
+        NR > 1 && $2 < last { print "went back from " last " to " $2 " at " $1; bad = 1 }
+        NR > 1 && $1 - t > gap { gap = $1 - t; at = t }
+        $1 > r { after++ }
+        { last = $2; t = $1 }
+        END {
+            printf "client: %d values (%d after the resume), last %d, longest silence %.2f s (from %.2f)\n", NR, after, last, gap, at
+            if (after == 0) { print "no value after the resume"; bad = 1 }
+            exit bad
+        }' /tmp/client.txt
 }
 
 # die_now: host 0 has the lab kill its QEMU outright and waits for the end.
