@@ -48,6 +48,11 @@ pub struct GuardOptions {
 /// Where `status` finds the failovers this host performed.
 pub const FAILOVER_DIR: &str = "/run/resilire/failover";
 
+/// Silence that counts before the first commit: an initial
+/// synchronisation has gaps of its own (copy rounds, a loaded primary), and
+/// nothing is resumed then anyway; this only decides when to say so.
+const SYNC_SILENCE: Duration = Duration::from_secs(15);
+
 /// The interval assumed until the VM's restore state says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -153,7 +158,11 @@ impl Tracker {
         }
         let period = self.interval.unwrap_or(DEFAULT_INTERVAL).max(self.period.unwrap_or_default());
         let silent = now - self.changed_at;
-        if self.verdict != Verdict::Watching || silent < (period * missed).max(min_silence) {
+        let mut limit = (period * missed).max(min_silence);
+        if !self.committed() {
+            limit = limit.max(SYNC_SILENCE);
+        }
+        if self.verdict != Verdict::Watching || silent < limit {
             return call;
         }
         if self.committed() {
@@ -319,10 +328,11 @@ mod tests {
     fn silence_before_the_first_commit_is_reported_once_and_never_resumed() {
         let t0 = Instant::now();
         let mut t = Tracker::new(signs(5, ""), t0);
-        assert_eq!(t.observe(signs(5, ""), t0 + MS(2000), 5, MS(1000)), Call::SilentWithoutEpoch(MS(2000)));
-        assert_eq!(t.observe(signs(5, ""), t0 + MS(3000), 5, MS(1000)), Call::Wait);
+        assert_eq!(t.observe(signs(5, ""), t0 + MS(2000), 5, MS(1000)), Call::Wait, "a sync has gaps");
+        assert_eq!(t.observe(signs(5, ""), t0 + SYNC_SILENCE, 5, MS(1000)), Call::SilentWithoutEpoch(SYNC_SILENCE));
+        assert_eq!(t.observe(signs(5, ""), t0 + MS(30_000), 5, MS(1000)), Call::Wait);
         // A returning primary is noticed.
-        assert_eq!(t.observe(signs(6, ""), t0 + MS(3100), 5, MS(1000)), Call::HeardAgain);
+        assert_eq!(t.observe(signs(6, ""), t0 + MS(30_100), 5, MS(1000)), Call::HeardAgain);
     }
 
     #[test]
