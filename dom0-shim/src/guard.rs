@@ -69,7 +69,8 @@ enum Verdict {
 
 /// What the appliance reports about one VM, as far as liveness goes:
 /// bytes received, committed epoch, last heard (any change is a sign of
-/// life).
+/// life), and its state (a change, such as the appliance closing a dead
+/// connection, starts the count again: a verdict is then taken afresh).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Signs {
     /// `bytes_received`.
@@ -78,6 +79,8 @@ pub struct Signs {
     pub epoch: String,
     /// `last_heard_ms`.
     pub heard: String,
+    /// `state`.
+    pub state: String,
 }
 
 /// One VM's liveness as the guard tracks it (no I/O: tested on the host).
@@ -209,7 +212,12 @@ pub fn run(o: &GuardOptions) -> Result<()> {
     loop {
         for vm in xs.directory(&vms_dir)? {
             let get = |k: &str| -> Result<String> { Ok(xs.read(&format!("{vms_dir}/{vm}/{k}"))?.unwrap_or_default()) };
-            let signs = Signs { bytes: get("bytes_received")?, epoch: get("committed_epoch")?, heard: get("last_heard_ms")? };
+            let signs = Signs {
+                bytes: get("bytes_received")?,
+                epoch: get("committed_epoch")?,
+                heard: get("last_heard_ms")?,
+                state: get("state")?,
+            };
             let now = Instant::now();
             let w = watched.entry(vm.clone()).or_insert_with(|| Tracker::new(signs.clone(), now));
             if w.committed() && !w.has_interval() {
@@ -224,6 +232,14 @@ pub fn run(o: &GuardOptions) -> Result<()> {
                     continue;
                 }
                 Call::SilentWithoutEpoch(silent) => {
+                    if let Some(p) = o.primary.as_deref().filter(|p| answers(p)) {
+                        println!(
+                            "guard: {vm}: primary silent for {} ms during the initial synchronisation; its host {p} answers",
+                            silent.as_millis()
+                        );
+                        w.primary_alive();
+                        continue;
+                    }
                     println!(
                         "guard: {vm}: primary silent for {} ms during the initial synchronisation: no committed epoch, nothing to resume",
                         silent.as_millis()
@@ -302,7 +318,7 @@ mod tests {
     use super::*;
 
     fn signs(bytes: u32, epoch: &str) -> Signs {
-        Signs { bytes: bytes.to_string(), epoch: epoch.into(), heard: String::new() }
+        Signs { bytes: bytes.to_string(), epoch: epoch.into(), heard: String::new(), state: "protected".into() }
     }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
