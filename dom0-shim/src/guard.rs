@@ -53,6 +53,9 @@ pub const FAILOVER_DIR: &str = "/run/resilire/failover";
 /// nothing is resumed then anyway; this only decides when to say so.
 const SYNC_SILENCE: Duration = Duration::from_secs(15);
 
+/// How often a silent primary whose host still answered is probed again.
+const RECHECK: Duration = Duration::from_secs(5);
+
 /// The interval assumed until the VM's restore state says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -61,8 +64,9 @@ enum Verdict {
     Watching,
     /// Silent before any commit: reported once.
     NoEpoch,
-    /// Silent but its host answers: reported once.
-    PrimaryAlive,
+    /// Silent but its host answered at this time: reported once, asked
+    /// again every [`RECHECK`].
+    PrimaryAlive(Instant),
     /// Resumed here (or the resume failed): done with this VM.
     Done,
 }
@@ -165,20 +169,29 @@ impl Tracker {
         if !self.committed() {
             limit = limit.max(SYNC_SILENCE);
         }
-        if self.verdict != Verdict::Watching || silent < limit {
-            return call;
+        match self.verdict {
+            Verdict::Watching if silent >= limit => {}
+            Verdict::PrimaryAlive(at) if now - at >= RECHECK => {}
+            _ => return call,
         }
         if self.committed() {
             Call::Dead(silent, period)
         } else {
-            self.verdict = Verdict::NoEpoch;
             Call::SilentWithoutEpoch(silent)
         }
     }
 
-    /// The primary is silent but its host answers: reported, left alone.
-    pub fn primary_alive(&mut self) {
-        self.verdict = Verdict::PrimaryAlive;
+    /// The primary is silent but its host answers: left alone, probed
+    /// again later. Returns whether this is news (to be reported).
+    pub fn primary_alive(&mut self, now: Instant) -> bool {
+        let news = !matches!(self.verdict, Verdict::PrimaryAlive(_));
+        self.verdict = Verdict::PrimaryAlive(now);
+        news
+    }
+
+    /// Silent before any commit and its host is gone: said once.
+    pub fn no_epoch(&mut self) {
+        self.verdict = Verdict::NoEpoch;
     }
 
     /// Taken over (or tried to): the guard is done with this VM.
@@ -233,13 +246,15 @@ pub fn run(o: &GuardOptions) -> Result<()> {
                 }
                 Call::SilentWithoutEpoch(silent) => {
                     if let Some(p) = o.primary.as_deref().filter(|p| answers(p)) {
-                        println!(
-                            "guard: {vm}: primary silent for {} ms during the initial synchronisation; its host {p} answers",
-                            silent.as_millis()
-                        );
-                        w.primary_alive();
+                        if w.primary_alive(now) {
+                            println!(
+                                "guard: {vm}: primary silent for {} ms during the initial synchronisation; its host {p} answers",
+                                silent.as_millis()
+                            );
+                        }
                         continue;
                     }
+                    w.no_epoch();
                     println!(
                         "guard: {vm}: primary silent for {} ms during the initial synchronisation: no committed epoch, nothing to resume",
                         silent.as_millis()
@@ -250,11 +265,12 @@ pub fn run(o: &GuardOptions) -> Result<()> {
             };
             if let Some(p) = &o.primary {
                 if answers(p) {
-                    println!(
-                        "guard: {vm}: primary silent for {} ms but its host {p} answers: not taking over (split-brain guard)",
-                        silent.as_millis()
-                    );
-                    w.primary_alive();
+                    if w.primary_alive(now) {
+                        println!(
+                            "guard: {vm}: primary silent for {} ms but its host {p} answers: not taking over (split-brain guard)",
+                            silent.as_millis()
+                        );
+                    }
                     continue;
                 }
             }
@@ -346,6 +362,7 @@ mod tests {
         let mut t = Tracker::new(signs(5, ""), t0);
         assert_eq!(t.observe(signs(5, ""), t0 + MS(2000), 5, MS(1000)), Call::Wait, "a sync has gaps");
         assert_eq!(t.observe(signs(5, ""), t0 + SYNC_SILENCE, 5, MS(1000)), Call::SilentWithoutEpoch(SYNC_SILENCE));
+        t.no_epoch();
         assert_eq!(t.observe(signs(5, ""), t0 + MS(30_000), 5, MS(1000)), Call::Wait);
         // A returning primary is noticed.
         assert_eq!(t.observe(signs(6, ""), t0 + MS(30_100), 5, MS(1000)), Call::HeardAgain);
@@ -370,8 +387,11 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Tracker::new(signs(1, "3"), t0);
         assert!(matches!(t.observe(signs(1, "3"), t0 + MS(5000), 5, MS(1000)), Call::Dead(..)));
-        t.primary_alive();
+        assert!(t.primary_alive(t0 + MS(5000)));
         assert_eq!(t.observe(signs(1, "3"), t0 + MS(9000), 5, MS(1000)), Call::Wait);
+        // Asked again after RECHECK: the host may be gone by now.
+        assert!(matches!(t.observe(signs(1, "3"), t0 + MS(10_001), 5, MS(1000)), Call::Dead(..)));
+        assert!(!t.primary_alive(t0 + MS(10_001)), "reported once");
         t.done();
         assert_eq!(t.observe(signs(2, "4"), t0 + MS(9500), 5, MS(1000)), Call::Wait);
     }
