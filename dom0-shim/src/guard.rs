@@ -94,13 +94,17 @@ pub struct Tracker {
     changed_at: Instant,
     /// The primary's checkpoint interval, from the restore state.
     interval: Option<Duration>,
-    /// When the committed epoch last changed, and the smoothed time
-    /// between commits: a loaded primary's epochs come slower than its
-    /// interval, and silence is judged against the slower of the two.
+    /// When the committed epoch last changed, and the last gaps between
+    /// commits: a loaded primary's epochs come slower than its interval,
+    /// and silence is judged against the slower of the interval and the
+    /// median gap (a median, so that one long epoch does not count).
     committed_at: Instant,
-    period: Option<Duration>,
+    gaps: std::collections::VecDeque<Duration>,
     verdict: Verdict,
 }
+
+/// Commit gaps kept; their median is the primary's epoch period.
+const GAPS: usize = 8;
 
 /// What the guard should do about a VM after an observation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +123,20 @@ pub enum Call {
 impl Tracker {
     /// Starts tracking at `now` (silence counts from here).
     pub fn new(signs: Signs, now: Instant) -> Tracker {
-        Tracker { signs, changed_at: now, interval: None, committed_at: now, period: None, verdict: Verdict::Watching }
+        Tracker {
+            signs,
+            changed_at: now,
+            interval: None,
+            committed_at: now,
+            gaps: std::collections::VecDeque::new(),
+            verdict: Verdict::Watching,
+        }
+    }
+
+    fn median_gap(&self) -> Duration {
+        let mut g: Vec<Duration> = self.gaps.iter().copied().collect();
+        g.sort();
+        g.get(g.len() / 2).copied().unwrap_or_default()
     }
 
     /// Whether an epoch is committed.
@@ -154,8 +171,10 @@ impl Tracker {
             }
             if self.signs.epoch != signs.epoch {
                 if self.committed() {
-                    let gap = now - self.committed_at;
-                    self.period = Some(self.period.map_or(gap, |p| (p * 7 + gap) / 8));
+                    self.gaps.push_back(now - self.committed_at);
+                    if self.gaps.len() > GAPS {
+                        self.gaps.pop_front();
+                    }
                 }
                 self.committed_at = now;
             }
@@ -163,7 +182,7 @@ impl Tracker {
             self.changed_at = now;
             self.verdict = Verdict::Watching;
         }
-        let period = self.interval.unwrap_or(DEFAULT_INTERVAL).max(self.period.unwrap_or_default());
+        let period = self.interval.unwrap_or(DEFAULT_INTERVAL).max(self.median_gap());
         let silent = now - self.changed_at;
         let mut limit = (period * missed).max(min_silence);
         if !self.committed() {
@@ -380,6 +399,20 @@ mod tests {
         // 2 s of silence: 5 intervals of 100 ms, but not 5 periods of ~800 ms.
         assert_eq!(t.observe(signs(10, "11"), t0 + MS(8000 + 2000), 5, MS(500)), Call::Wait);
         assert!(matches!(t.observe(signs(10, "11"), t0 + MS(8000 + 4500), 5, MS(500)), Call::Dead(..)));
+    }
+
+    #[test]
+    fn one_long_epoch_does_not_slow_detection_down() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(signs(0, "1"), t0);
+        t.set_interval(MS(200));
+        let mut at = MS(100_000); // the first epoch after a long sync
+        assert_eq!(t.observe(signs(1, "2"), t0 + at, 5, MS(1000)), Call::Wait);
+        for i in 3..12u32 {
+            at += MS(200);
+            assert_eq!(t.observe(signs(i, &i.to_string()), t0 + at, 5, MS(1000)), Call::Wait);
+        }
+        assert!(matches!(t.observe(signs(11, "11"), t0 + at + MS(1001), 5, MS(1000)), Call::Dead(..)));
     }
 
     #[test]

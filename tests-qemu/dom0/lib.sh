@@ -87,13 +87,15 @@ failover_primary_start() {
     resilire-shim protect testvm --backup $FO_APP_IP:7780 --key $FO_KEY --interval 200 > /tmp/protect.txt 2>&1 &
 }
 
-# client_record: a TCP client of the guest's counter stream, reconnecting
-# whenever the connection ends; every value with this host's uptime goes to
-# /tmp/client.txt.
+# client_record: a TCP client of the guest, asking for its counter ten
+# times a second over short connections (a connection of the old primary
+# can hang forever after a failover); every value it receives goes to
+# /tmp/client.txt with this host's uptime.
 client_record() {
     while true; do
-        ( echo stream; sleep 3600 ) | nc -w 3 $FO_GUEST_IP 7000 | while read -r _ c; do echo "$(now) $c"; done
-        sleep 0.2
+        v=$(echo counter | nc -w 2 $FO_GUEST_IP 7000 2>/dev/null | awk '$1 == "counter" { print $2 }')
+        [ -n "$v" ] && echo "$(now) $v"
+        sleep 0.1
     done > /tmp/client.txt
 }
 
