@@ -8,14 +8,12 @@
 # resume with the hot set first and in frame order, against `xl save` +
 # `xl restore` of the same guest from a file in dom0's RAM.
 . /lab/lib.sh
-KEY=5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17
-APP_IP=10.99.0.50
-GUEST_IP=10.99.0.101
-resilire-shim appliance start --name app --memory 320 --ip $APP_IP/24 --port 7780 --budget 256 \
-    --key testvm=$KEY --wait 90 || { dump_guest app; fail "appliance start"; }
+KEY=$FO_KEY
+APP_IP=$FO_APP_IP
+GUEST_IP=$FO_GUEST_IP
+start_appliance app $APP_IP 320 256 testvm=$KEY
 xl create "$(guest_config testvm $GUEST_IP 128 32)" || fail "xl create"
 wait_guest_line 120 testvm "workload: counter="
-wait_for 30 "ping of the appliance" ping -c 1 -W 1 $APP_IP
 
 out=$(resilire-shim resume testvm --appliance app 2>&1) && fail "resume with nothing committed succeeded: $out"
 echo "$out" | grep -q "holds no committed epoch" || fail "resume without an epoch: unclear refusal: $out"
