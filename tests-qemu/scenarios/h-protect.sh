@@ -1,29 +1,90 @@
 #!/bin/sh
 # lab: hosts=1 timeout=600 test=yes
-# Protection (issue 5, without output commit yet): the test guest is
-# protected to the appliance on the same host for 30 epochs while its
-# workload mutates memory; its self-check still passes; at the end, with the
-# guest held at a suspend point, the appliance's committed image equals the
-# guest's memory byte for byte.
+# Protection (issue 5, primary side): the test guest is protected to the
+# appliance on the same host while its workload mutates memory, with output
+# commit on. Replies of the guest's TCP service flow (each waits for its
+# epoch's ACK); with the appliance paused (no ACK can come) a reply is held
+# in dom0 and only arrives once the appliance runs again. protect stops on
+# SIGTERM: a last epoch is shipped with the guest held at its suspend point
+# and the appliance's committed image equals the guest's memory byte for
+# byte; output commit is torn down; the guest's self-check still passes.
 . /lab/lib.sh
 KEY=5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17
 APP_IP=10.99.0.50
 GUEST_IP=10.99.0.101
+HOLD=3
 resilire-shim appliance start --name app --memory 320 --ip $APP_IP/24 --port 7780 --budget 256 \
     --key testvm=$KEY --wait 90 || { dump_guest app; fail "appliance start"; }
 xl create "$(guest_config testvm $GUEST_IP 128 32)" || fail "xl create"
 wait_guest_line 120 testvm "workload: counter="
 wait_for 30 "ping of the appliance" ping -c 1 -W 1 $APP_IP
+DOMID=$(xl domid testvm)
 
-{ timeout 300 resilire-shim protect testvm --backup $APP_IP:7780 --key $KEY --interval 200 --epochs 30 --final-check 2>&1
-  echo $? > /tmp/protect.rc; } | tee /tmp/protect.txt
-rc=$(cat /tmp/protect.rc)
-[ "$rc" = 0 ] || { dump_guest app; fail "protect (exit $rc)"; }
+resilire-shim protect testvm --backup $APP_IP:7780 --key $KEY --interval 200 --final-check \
+    > /tmp/protect.txt 2>&1 &
+PROTECT=$!
+stop_protect() { kill -TERM $PROTECT 2>/dev/null; wait $PROTECT; }
+# Synchronised, or protect is gone (then its output says why).
+synced_or_gone() { grep -q '^protect: synchronised' /tmp/protect.txt || ! kill -0 $PROTECT 2>/dev/null; }
+wait_for 180 "protect to synchronise" synced_or_gone
+grep -q '^protect: synchronised' /tmp/protect.txt ||
+    { cat /tmp/protect.txt; dump_guest testvm; stop_protect; fail "protect did not synchronise"; }
+grep -q "^protect: output commit on: vif$DOMID.0 -> rslifb$DOMID" /tmp/protect.txt ||
+    { cat /tmp/protect.txt; stop_protect; fail "output commit not set up"; }
+tc qdisc show dev rslifb$DOMID | grep -q plug || { stop_protect; fail "no plug qdisc on rslifb$DOMID"; }
+
+# Replies flow with output commit on (after the 1-3 s of lost packets that
+# follow the first suspend-cancels).
+wait_for 30 "the guest to answer while protected" workload_cmd $GUEST_IP counter
+t0=$(now)
+for i in 1 2 3 4 5; do
+    workload_cmd $GUEST_IP counter | grep -q '^counter ' || { stop_protect; fail "request $i while protected: no reply"; }
+done
+t1=$(now)
+show "output commit on: 5 requests answered in $(elapsed "$t0" "$t1")s (each reply waits for its epoch's ACK)"
+
+# One connection kept open; the first request proves it works.
+rm -f /tmp/req /tmp/replies; mkfifo /tmp/req
+nc $GUEST_IP 7000 < /tmp/req > /tmp/replies &
+NC=$!
+exec 3> /tmp/req
+echo counter >&3
+wait_lines /tmp/replies 1 20 || { stop_protect; fail "no reply on the kept connection"; }
+
+# Hold the ACKs: the appliance is paused, the epoch in flight cannot commit.
+xl pause app || { stop_protect; fail "xl pause app"; }
+sleep 1
+t_req=$(now)
+echo counter >&3
+sleep $HOLD
+held=$(wc -l < /tmp/replies)
+t_unpause=$(now)
+xl unpause app
+if [ "$held" -ne 1 ]; then
+    cat /tmp/replies; stop_protect
+    fail "a reply arrived while its epoch's ACK was held ($held lines after ${HOLD}s)"
+fi
+wait_lines /tmp/replies 2 9 || { stop_protect; fail "the held reply never arrived after the ACK was released"; }
+t_reply=$(now)
+exec 3>&-
+kill $NC 2>/dev/null
+show "held reply: request at +0.0s, not delivered while the appliance was paused (checked at +$(elapsed "$t_req" "$t_unpause")s), appliance unpaused at +$(elapsed "$t_req" "$t_unpause")s, reply at +$(elapsed "$t_req" "$t_reply")s ($(elapsed "$t_unpause" "$t_reply")s after the unpause)"
+grep -q 'backup lost' /tmp/protect.txt && { stop_protect; fail "protect lost the backup during the hold"; }
 resilire-shim status
+show "status: $(resilire-shim status | tail -1)"
+
+stop_protect
+rc=$?
+cat /tmp/protect.txt
+[ "$rc" = 0 ] || { dump_guest app; fail "protect (exit $rc)"; }
 show "$(grep '^protect: synchronised' /tmp/protect.txt)"
 show "$(grep '^protect: summary' /tmp/protect.txt)"
 show "$(grep '^protect: final check' /tmp/protect.txt)"
 grep -q '^protect: final check: .* equals' /tmp/protect.txt || fail "no final byte-for-byte check"
+[ -e /sys/class/net/rslifb$DOMID ] && fail "output commit left rslifb$DOMID behind"
+tc qdisc show dev vif$DOMID.0 | grep -q ingress && fail "output commit left the ingress redirect on vif$DOMID.0"
+resilire-shim status | grep -q ' stopped$' || fail "status does not say stopped"
+echo "epoch log: $(wc -l < /var/log/resilire/protect-testvm.log) lines"; tail -2 /var/log/resilire/protect-testvm.log
 
 wait_for 30 "the guest to answer after protection" workload_cmd $GUEST_IP counter
 reply=$(workload_cmd $GUEST_IP verify)

@@ -7,6 +7,11 @@
 //! - `verify` → `verify ok counter=<n> records=<m>` or `verify FAIL <why>`
 //! - `gaps` → `gaps max_ms=<x> over50=<n> over500=<n>`: pauses the mutator
 //!   saw between its batches (the guest's own view of downtime)
+//! - `pauses` → `pauses n=<k> ms=<g1>,<g2>,...`: every gap of at least
+//!   2 ms since the last `pauses-reset`, in order, to 0.1 ms (the
+//!   distribution behind `gaps`: median and p99 of a checkpointer's pauses
+//!   as the guest saw them)
+//! - `pauses-reset` → `pauses-reset ok`
 //! - `stream` → `counter <n>` every 100 ms until the client goes away
 //!
 //! A failed self-check is printed as `workload: VERIFY FAILED` on the console.
@@ -61,7 +66,14 @@ struct Gaps {
     max: Duration,
     over_50ms: u64,
     over_500ms: u64,
+    /// Gaps of at least [`LISTED_GAP`] since the last `pauses-reset`.
+    list: Vec<Duration>,
 }
+
+/// Gaps this long or longer are listed one by one.
+const LISTED_GAP: Duration = Duration::from_millis(2);
+/// At most this many are kept between resets.
+const MAX_LISTED: usize = 100_000;
 
 struct State {
     records: Records,
@@ -121,6 +133,9 @@ fn mutate_forever(state: &Mutex<State>) -> ! {
         }
         s.gaps.over_50ms += u64::from(gap > Duration::from_millis(50));
         s.gaps.over_500ms += u64::from(gap > Duration::from_millis(500));
+        if gap >= LISTED_GAP && s.gaps.list.len() < MAX_LISTED {
+            s.gaps.list.push(gap);
+        }
         for _ in 0..BATCH {
             s.records.update();
         }
@@ -175,6 +190,15 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 let g = &lock(state).gaps;
                 let reply = format!("gaps max_ms={} over50={} over500={}", g.max.as_millis(), g.over_50ms, g.over_500ms);
                 writeln!(out, "{reply}")?
+            }
+            "pauses" => {
+                let list: Vec<String> =
+                    lock(state).gaps.list.iter().map(|g| format!("{:.1}", g.as_secs_f64() * 1e3)).collect();
+                writeln!(out, "pauses n={} ms={}", list.len(), list.join(","))?
+            }
+            "pauses-reset" => {
+                lock(state).gaps.list.clear();
+                writeln!(out, "pauses-reset ok")?
             }
             "stream" => loop {
                 let c = lock(state).records.counter;
