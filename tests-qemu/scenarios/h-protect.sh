@@ -24,21 +24,27 @@ resilire-shim protect testvm --backup $APP_IP:7780 --key $KEY --interval 200 --f
     > /tmp/protect.txt 2>&1 &
 PROTECT=$!
 stop_protect() { kill -TERM $PROTECT 2>/dev/null; wait $PROTECT; }
+# Fails with protect's output and the plug's counters.
+die() {
+    echo "---- protect ----"; cat /tmp/protect.txt; echo "---- end ----"
+    tc -s qdisc show dev rslifb$DOMID; tc -s filter show dev vif$DOMID.0 ingress
+    stop_protect; fail "$*"
+}
 # Synchronised, or protect is gone (then its output says why).
 synced_or_gone() { grep -q '^protect: synchronised' /tmp/protect.txt || ! kill -0 $PROTECT 2>/dev/null; }
 wait_for 180 "protect to synchronise" synced_or_gone
 grep -q '^protect: synchronised' /tmp/protect.txt ||
-    { cat /tmp/protect.txt; dump_guest testvm; stop_protect; fail "protect did not synchronise"; }
+    { dump_guest testvm; die "protect did not synchronise"; }
 grep -q "^protect: output commit on: vif$DOMID.0 -> rslifb$DOMID" /tmp/protect.txt ||
-    { cat /tmp/protect.txt; stop_protect; fail "output commit not set up"; }
-tc qdisc show dev rslifb$DOMID | grep -q plug || { stop_protect; fail "no plug qdisc on rslifb$DOMID"; }
+    die "output commit not set up"
+tc qdisc show dev rslifb$DOMID | grep -q plug || die "no plug qdisc on rslifb$DOMID"
 
 # Replies flow with output commit on (after the 1-3 s of lost packets that
 # follow the first suspend-cancels).
 wait_for 30 "the guest to answer while protected" workload_cmd $GUEST_IP counter
 t0=$(now)
 for i in 1 2 3 4 5; do
-    workload_cmd $GUEST_IP counter | grep -q '^counter ' || { stop_protect; fail "request $i while protected: no reply"; }
+    workload_cmd $GUEST_IP counter | grep -q '^counter ' || die "request $i while protected: no reply"
 done
 t1=$(now)
 show "output commit on: 5 requests answered in $(elapsed "$t0" "$t1")s (each reply waits for its epoch's ACK)"
@@ -49,27 +55,29 @@ nc $GUEST_IP 7000 < /tmp/req > /tmp/replies &
 NC=$!
 exec 3> /tmp/req
 echo counter >&3
-wait_lines /tmp/replies 1 20 || { stop_protect; fail "no reply on the kept connection"; }
+wait_lines /tmp/replies 1 20 || die "no reply on the kept connection"
 
 # Hold the ACKs: the appliance is paused, the epoch in flight cannot commit.
-xl pause app || { stop_protect; fail "xl pause app"; }
+xl pause app || die "xl pause app"
+echo "appliance paused after epoch line: $(grep '^protect: epoch' /tmp/protect.txt | tail -1)"
 sleep 1
 t_req=$(now)
 echo counter >&3
 sleep $HOLD
 held=$(wc -l < /tmp/replies)
 t_unpause=$(now)
+tc -s qdisc show dev rslifb$DOMID
 xl unpause app
 if [ "$held" -ne 1 ]; then
-    cat /tmp/replies; stop_protect
-    fail "a reply arrived while its epoch's ACK was held ($held lines after ${HOLD}s)"
+    cat /tmp/replies
+    die "a reply arrived while its epoch's ACK was held ($held lines after ${HOLD}s)"
 fi
-wait_lines /tmp/replies 2 9 || { stop_protect; fail "the held reply never arrived after the ACK was released"; }
+wait_lines /tmp/replies 2 9 || die "the held reply never arrived after the ACK was released"
 t_reply=$(now)
 exec 3>&-
 kill $NC 2>/dev/null
 show "held reply: request at +0.0s, not delivered while the appliance was paused (checked at +$(elapsed "$t_req" "$t_unpause")s), appliance unpaused at +$(elapsed "$t_req" "$t_unpause")s, reply at +$(elapsed "$t_req" "$t_reply")s ($(elapsed "$t_unpause" "$t_reply")s after the unpause)"
-grep -q 'backup lost' /tmp/protect.txt && { stop_protect; fail "protect lost the backup during the hold"; }
+grep -q 'backup lost' /tmp/protect.txt && die "protect lost the backup during the hold"
 resilire-shim status
 show "status: $(resilire-shim status | tail -1)"
 
