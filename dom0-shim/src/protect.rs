@@ -221,8 +221,10 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
                     next = Instant::now();
                 }
                 Err(e) => {
-                    release_all(oc);
+                    // Said before the held packets go, so that a reader of
+                    // the log sees why they went.
                     eprintln!("protect: WARNING: {} IS NOT PROTECTED: {e:#}; retrying in 1s", o.name);
+                    release_all(oc);
                     log.line(&format!("state=unprotected error=\"{e:#}\""));
                     write_status(o, "unprotected", &last, &format!("error=\"{e:#}\""));
                     std::thread::sleep(Duration::from_secs(1));
@@ -256,8 +258,8 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
                 write_status(o, "protected", &last, "");
             }
             Err(err) => {
-                release_all(oc);
                 eprintln!("protect: WARNING: backup lost at epoch {epoch}: {err:#}; {} runs UNPROTECTED", o.name);
+                release_all(oc);
                 log.line(&format!("epoch={epoch} state=unprotected error=\"{err:#}\""));
                 write_status(o, "unprotected", &last, &format!("error=\"{err:#}\""));
                 shipper = None;

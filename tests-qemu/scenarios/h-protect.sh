@@ -12,7 +12,9 @@
 KEY=5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17
 APP_IP=10.99.0.50
 GUEST_IP=10.99.0.101
-HOLD=3
+HOLD=${HOLD:-1.7}
+# (busybox sh runs its own applets first: iproute2's tc by its path)
+TC=/usr/bin/tc
 resilire-shim appliance start --name app --memory 320 --ip $APP_IP/24 --port 7780 --budget 256 \
     --key testvm=$KEY --wait 90 || { dump_guest app; fail "appliance start"; }
 xl create "$(guest_config testvm $GUEST_IP 128 32)" || fail "xl create"
@@ -27,7 +29,7 @@ stop_protect() { kill -TERM $PROTECT 2>/dev/null; wait $PROTECT; }
 # Fails with protect's output and the plug's counters.
 die() {
     echo "---- protect ----"; cat /tmp/protect.txt; echo "---- end ----"
-    tc -s qdisc show dev rslifb$DOMID; tc -s filter show dev vif$DOMID.0 ingress
+    $TC -s qdisc show dev rslifb$DOMID; $TC -s filter show dev vif$DOMID.0 ingress
     stop_protect; fail "$*"
 }
 # Synchronised, or protect is gone (then its output says why).
@@ -37,7 +39,7 @@ grep -q '^protect: synchronised' /tmp/protect.txt ||
     { dump_guest testvm; die "protect did not synchronise"; }
 grep -q "^protect: output commit on: vif$DOMID.0 -> rslifb$DOMID" /tmp/protect.txt ||
     die "output commit not set up"
-tc qdisc show dev rslifb$DOMID | grep -q plug || die "no plug qdisc on rslifb$DOMID"
+$TC qdisc show dev rslifb$DOMID | grep -q plug || die "no plug qdisc on rslifb$DOMID"
 
 # Replies flow with output commit on (after the 1-3 s of lost packets that
 # follow the first suspend-cancels).
@@ -57,17 +59,24 @@ exec 3> /tmp/req
 echo counter >&3
 wait_lines /tmp/replies 1 20 || die "no reply on the kept connection"
 
-# Hold the ACKs: the appliance is paused, the epoch in flight cannot commit.
+# Hold the ACKs: the appliance is paused right after an ACK (so that its
+# own dead-primary timeout, 5 s without a frame, is far), the next epoch
+# cannot commit. A reply produced now must wait for it.
+n=$(grep -c '^protect: epoch' /tmp/protect.txt)
+wait_lines_matching() { [ "$(grep -c '^protect: epoch' /tmp/protect.txt)" -gt "$n" ]; }
+wait_for 30 "an epoch's ACK" wait_lines_matching
 xl pause app || die "xl pause app"
-echo "appliance paused after epoch line: $(grep '^protect: epoch' /tmp/protect.txt | tail -1)"
-sleep 1
+t_pause=$(now)
+before=$(wc -l < /tmp/protect.txt)
+echo "appliance paused after: $(grep '^protect: epoch' /tmp/protect.txt | tail -1)"
+sleep 0.3
 t_req=$(now)
 echo counter >&3
 sleep $HOLD
 held=$(wc -l < /tmp/replies)
 t_unpause=$(now)
-tc -s qdisc show dev rslifb$DOMID
 xl unpause app
+$TC -s qdisc show dev rslifb$DOMID
 if [ "$held" -ne 1 ]; then
     cat /tmp/replies
     die "a reply arrived while its epoch's ACK was held ($held lines after ${HOLD}s)"
@@ -76,8 +85,12 @@ wait_lines /tmp/replies 2 9 || die "the held reply never arrived after the ACK w
 t_reply=$(now)
 exec 3>&-
 kill $NC 2>/dev/null
-show "held reply: request at +0.0s, not delivered while the appliance was paused (checked at +$(elapsed "$t_req" "$t_unpause")s), appliance unpaused at +$(elapsed "$t_req" "$t_unpause")s, reply at +$(elapsed "$t_req" "$t_reply")s ($(elapsed "$t_unpause" "$t_reply")s after the unpause)"
-grep -q 'backup lost' /tmp/protect.txt && die "protect lost the backup during the hold"
+# The release must have come from the held epoch's ACK, not from protect
+# giving up on the backup (which releases everything).
+after_hold() { tail -n +$((before + 1)) /tmp/protect.txt | grep -q "^protect: epoch \|$1"; }
+wait_for 20 "an epoch committed after the hold" after_hold 'backup lost\|NOT PROTECTED'
+tail -n +$((before + 1)) /tmp/protect.txt | grep -q 'backup lost\|NOT PROTECTED' && die "protect lost the backup during the hold (the reply may have been released by that)"
+show "held reply: appliance paused at -$(elapsed "$t_pause" "$t_req")s, request at +0.0s, no reply while paused (checked at +$(elapsed "$t_req" "$t_unpause")s), unpaused at +$(elapsed "$t_req" "$t_unpause")s, reply at +$(elapsed "$t_req" "$t_reply")s ($(elapsed "$t_unpause" "$t_reply")s after the unpause); no epoch lost"
 resilire-shim status
 show "status: $(resilire-shim status | tail -1)"
 
@@ -90,7 +103,7 @@ show "$(grep '^protect: summary' /tmp/protect.txt)"
 show "$(grep '^protect: final check' /tmp/protect.txt)"
 grep -q '^protect: final check: .* equals' /tmp/protect.txt || fail "no final byte-for-byte check"
 [ -e /sys/class/net/rslifb$DOMID ] && fail "output commit left rslifb$DOMID behind"
-tc qdisc show dev vif$DOMID.0 | grep -q ingress && fail "output commit left the ingress redirect on vif$DOMID.0"
+$TC qdisc show dev vif$DOMID.0 | grep -q ingress && fail "output commit left the ingress redirect on vif$DOMID.0"
 resilire-shim status | grep -q ' stopped$' || fail "status does not say stopped"
 echo "epoch log: $(wc -l < /var/log/resilire/protect-testvm.log) lines"; tail -2 /var/log/resilire/protect-testvm.log
 
