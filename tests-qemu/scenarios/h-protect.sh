@@ -33,7 +33,11 @@ die() {
     stop_protect; fail "$*"
 }
 # Synchronised, or protect is gone (then its output says why).
-synced_or_gone() { grep -q '^protect: synchronised' /tmp/protect.txt || ! kill -0 $PROTECT 2>/dev/null; }
+# (A guest that triple-faults under TCG is restarted by xl as a new domain.)
+synced_or_gone() {
+    grep -q '^protect: synchronised' /tmp/protect.txt || ! kill -0 $PROTECT 2>/dev/null ||
+        [ "$(xl domid testvm 2>/dev/null)" != "$DOMID" ]
+}
 wait_for 180 "protect to synchronise" synced_or_gone
 grep -q '^protect: synchronised' /tmp/protect.txt ||
     { dump_guest testvm; die "protect did not synchronise"; }
