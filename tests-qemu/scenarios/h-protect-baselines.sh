@@ -26,6 +26,7 @@ xl create "$(guest_config testvm $GUEST_IP 128 32)" || fail "xl create"
 wait_guest_line 120 testvm "workload: counter="
 wait_for 30 "ping of the appliance" ping -c 1 -W 1 $APP_IP
 wait_for 30 "guest TCP service" workload_cmd $GUEST_IP counter
+DOMID=$(xl domid testvm)
 
 # pauses_now <file>: the guest's pause list into a file (the network may
 # need a moment after suspend-cancels).
@@ -42,10 +43,14 @@ protect_run() { # <label> [extra args]
     resilire-shim protect testvm --backup $APP_IP:7780 --key $KEY --interval $INTERVAL --epochs $EPOCHS "$@" \
         > /tmp/protect-$_label.txt 2>&1 &
     _pid=$!
-    _synced() { grep -q '^protect: synchronised' /tmp/protect-$_label.txt || ! kill -0 $_pid 2>/dev/null; }
+    _synced() {
+        grep -q '^protect: synchronised' /tmp/protect-$_label.txt || ! kill -0 $_pid 2>/dev/null ||
+            [ "$(xl domid testvm 2>/dev/null)" != "$DOMID" ]
+    }
     wait_for 180 "protect ($_label) to synchronise" _synced
     reset_pauses || echo "protect ($_label): pauses-reset did not get through"
-    wait $_pid || { cat /tmp/protect-$_label.txt; fail "protect ($_label) exit $?"; }
+    wait $_pid; _rc=$?
+    [ $_rc = 0 ] || { cat /tmp/protect-$_label.txt; fail "protect ($_label) exit $_rc"; }
     t1=$(now)
     pauses_now /tmp/pauses-$_label.txt || fail "no pause list after protect ($_label)"
     _sum=$(grep '^protect: summary' /tmp/protect-$_label.txt)
@@ -82,8 +87,11 @@ REMUS=$!
 t0=$(now)
 wait_for 60 "xl remus's save helper" pidof libxl-save-helper
 HELPER=$(pidof libxl-save-helper | awk '{ print $1 }')
-# Its initial round writes the whole memory; checkpoints follow.
-sleep 30
+# Its initial round writes the whole memory (128 MiB); checkpoints follow.
+remus_copied() { [ "$(wchar_of $HELPER)" -gt 134217728 ]; }
+wait_for 300 "xl remus's initial copy" remus_copied
+show "xl remus: initial copy done after $(elapsed "$t0" "$(now)")s"
+sleep 5
 kill -0 $REMUS 2>/dev/null || { cat /tmp/remus.txt; fail "xl remus exited"; }
 reset_pauses || echo "remus: pauses-reset did not get through"
 w1=$(wchar_of $HELPER); t1=$(now)
