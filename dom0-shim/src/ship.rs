@@ -136,7 +136,12 @@ impl Shipper {
                     return Ok(v);
                 }
             }
-            let n = self.stream.read(&mut buf).context("reading from the appliance")?;
+            // A signal (protect's SIGTERM handler) interrupts a read on a
+            // socket with a timeout even under SA_RESTART: read again.
+            let n = match self.stream.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.context("reading from the appliance")?,
+            };
             if n == 0 {
                 bail!("the appliance closed the connection");
             }
