@@ -334,6 +334,14 @@ fn final_check(cp: &mut Checkpointer, sh: &mut Shipper, oc: &mut Option<OutputCo
     Ok(())
 }
 
+/// How long the backup may make no progress (no ACK, no room to write)
+/// before protect counts it as lost, in steady state; the guest's output
+/// is held meanwhile.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The same during the initial synchronisation.
+const SYNC_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Pages per piece of the initial full copy (the progress bar's step).
 const SYNC_STEP: usize = 4096;
 
@@ -349,8 +357,13 @@ fn synchronise(
 ) -> Result<Shipper> {
     let t0 = Instant::now();
     write_status(o, "synchronising", &Last::default(), "");
-    let mut sh = Shipper::connect(&o.backup, vm, o.key, o.block_size, Duration::from_secs(10))
+    let mut sh = Shipper::connect(&o.backup, vm, o.key, o.block_size, IO_TIMEOUT)
         .with_context(|| format!("backup {}", o.backup))?;
+    // The first epoch is the whole memory: an appliance on a loaded host
+    // can leave its receive window shut for longer than a steady epoch's
+    // timeout (seen in the lab: 10 s stalls mid-sync, sync retried over and
+    // over). The steady timeout comes back once epoch 1 is committed.
+    sh.set_io_timeout(SYNC_IO_TIMEOUT)?;
     let epoch = sh.next_epoch();
     println!("protect: synchronising {} with {} as epoch {epoch}", o.name, o.backup);
     let all: Vec<u64> = (0..cp.pages() as u64).collect();
@@ -374,6 +387,7 @@ fn synchronise(
     sh.send_pages(cp.image(), &e.dirty_slots)?;
     let st = sh.commit()?;
     let ack = sh.wait_ack()?;
+    sh.set_io_timeout(IO_TIMEOUT)?;
     if let Some(oc) = oc.as_mut() {
         oc.release_one()?;
     }

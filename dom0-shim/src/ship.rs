@@ -155,6 +155,14 @@ impl Shipper {
         self.stream.write_all(&frame).context("sending to the appliance")
     }
 
+    /// Changes how long a read or a write may make no progress before the
+    /// backup counts as lost.
+    pub fn set_io_timeout(&self, timeout: Duration) -> Result<()> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        Ok(())
+    }
+
     /// The epoch number the next [`Shipper::send_epoch`] uses.
     pub fn next_epoch(&self) -> u64 {
         self.next_epoch
