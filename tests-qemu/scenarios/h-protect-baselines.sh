@@ -14,10 +14,10 @@
 KEY=5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17c0ffee5a17
 APP_IP=10.99.0.50
 GUEST_IP=10.99.0.101
-EPOCHS=${EPOCHS:-50}
+EPOCHS=${EPOCHS:-30}
 INTERVAL=${INTERVAL:-200}
-SAVES=${SAVES:-5}
-REMUS_SECS=${REMUS_SECS:-20}
+SAVES=${SAVES:-3}
+REMUS_SECS=${REMUS_SECS:-15}
 PAUSE_MS=${PAUSE_MS:-20}
 T_START=$(now)
 resilire-shim appliance start --name app --memory 320 --ip $APP_IP/24 --port 7780 --budget 256 \
