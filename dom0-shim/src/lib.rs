@@ -13,3 +13,5 @@ pub mod protect;
 pub mod resume;
 pub mod guard;
 pub mod probe;
+pub mod output_commit;
+pub mod progress;

@@ -17,8 +17,12 @@ const USAGE: &str = "usage: resilire-shim <command>
                                         --verify compares the copy with the suspended guest at the end;
                                         --save writes the last epoch as a file for `xl restore`
   protect <dom> --backup IP:PORT --key HEX64|@FILE [--interval MS] [--epochs N] [--block-size B] [--final-check]
+          [--no-output-commit] [--log FILE]
                                         protect a running PVH guest: initial sync, then one
-                                        checkpoint per interval shipped to the appliance
+                                        checkpoint per interval shipped to the appliance; the
+                                        guest's packets of an epoch are held until its ACK
+                                        (output commit; off with --no-output-commit); per-epoch
+                                        figures appended to FILE (/var/log/resilire/protect-<vm>.log)
   status                                one line per VM protected from this host
   send-images <dir> --to IP:PORT --vm NAME|--vm-id N --key HEX64|@FILE [--block-size B] [--verify-read]
                                         ship a directory of equal-size raw memory images (sorted
@@ -430,6 +434,8 @@ fn cmd_protect(args: &[String]) -> Result<()> {
         epochs: opt(args, "--epochs").map(str::parse).transpose().context("--epochs")?,
         block_size: flag(args, "--block-size", 64)? as usize,
         final_check: args.iter().any(|a| a == "--final-check"),
+        output_commit: !args.iter().any(|a| a == "--no-output-commit"),
+        log: opt(args, "--log").map(str::to_string),
     };
     protect::run(&o)
 }

@@ -136,7 +136,12 @@ impl Shipper {
                     return Ok(v);
                 }
             }
-            let n = self.stream.read(&mut buf).context("reading from the appliance")?;
+            // A signal (protect's SIGTERM handler) interrupts a read on a
+            // socket with a timeout even under SA_RESTART: read again.
+            let n = match self.stream.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.context("reading from the appliance")?,
+            };
             if n == 0 {
                 bail!("the appliance closed the connection");
             }
@@ -148,6 +153,14 @@ impl Shipper {
         let frame = self.session.seal(m).map_err(|e| anyhow::anyhow!("sealing {:?}: {e:?}", m.kind()))?;
         *wire += frame.len() as u64;
         self.stream.write_all(&frame).context("sending to the appliance")
+    }
+
+    /// Changes how long a read or a write may make no progress before the
+    /// backup counts as lost.
+    pub fn set_io_timeout(&self, timeout: Duration) -> Result<()> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        Ok(())
     }
 
     /// The epoch number the next [`Shipper::send_epoch`] uses.

@@ -147,3 +147,41 @@ start_appliance() {
 # drop frames from other hosts to them. Learning off on eth0 keeps those MACs
 # on their vifs (frames to other hosts' MACs are flooded instead).
 bridge_ignore_echo() { echo 0 > /sys/class/net/eth0/brport/learning; }
+
+# wait_lines <file> <n> <seconds>: polls every 0.1 s until the file has at
+# least n lines; returns 1 on timeout (does not fail the scenario).
+wait_lines() {
+    _end=$(awk -v a="$(now)" -v s="$3" 'BEGIN { printf "%.2f", a + s }')
+    while [ "$(wc -l < "$1" 2>/dev/null || echo 0)" -lt "$2" ]; do
+        awk -v a="$(now)" -v e="$_end" 'BEGIN { exit !(a >= e) }' && return 1
+        sleep 0.1
+    done
+    return 0
+}
+
+# pause_stats <threshold ms>: reads a workload `pauses` reply on stdin and
+# prints "n=<k> median_ms=<m> p99_ms=<p> max_ms=<x>" over the gaps of at
+# least the threshold (the guest's own view of checkpoint pauses).
+pause_stats() {
+    sed -n 's/.*ms=//p' | tr ',' '\n' | awk -v t="$1" '$1 != "" && $1 + 0 >= t + 0 { print $1 + 0 }' | sort -n |
+        awk '{ v[NR] = $1 } END {
+            if (NR == 0) { print "n=0 median_ms=- p99_ms=- max_ms=-"; exit }
+            m = v[int((NR + 1) / 2)]; i = int(NR * 0.99 + 0.999); if (i < 1) i = 1; if (i > NR) i = NR
+            printf "n=%d median_ms=%.1f p99_ms=%.1f max_ms=%.1f\n", NR, m, v[i], v[NR] }'
+}
+
+# try_for <seconds> <command...>: like wait_for, but returns 1 on timeout
+# instead of failing the scenario.
+try_for() {
+    _limit=$1; shift
+    _n=0
+    while ! "$@" >/dev/null 2>&1; do
+        _n=$((_n + 1))
+        [ $_n -ge $((_limit * 2)) ] && return 1
+        sleep 0.5
+    done
+    return 0
+}
+
+# The `wchar` of a process (bytes it passed to write calls), 0 if gone.
+wchar_of() { awk '/^wchar:/ { print $2; f = 1 } END { if (!f) print 0 }' "/proc/$1/io" 2>/dev/null || echo 0; }

@@ -7,6 +7,11 @@
 //! - `verify` → `verify ok counter=<n> records=<m>` or `verify FAIL <why>`
 //! - `gaps` → `gaps max_ms=<x> over50=<n> over500=<n>`: pauses the mutator
 //!   saw between its batches (the guest's own view of downtime)
+//! - `pauses` → `pauses n=<k> ms=<g1>,<g2>,...`: every gap of at least
+//!   2 ms since the last `pauses-reset`, in order, to 0.1 ms (the
+//!   distribution behind `gaps`: median and p99 of a checkpointer's pauses
+//!   as the guest saw them)
+//! - `pauses-reset` → `pauses-reset ok`
 //! - `stream` → `counter <n>` every 100 ms until the client goes away
 //!
 //! A failed self-check is printed as `workload: VERIFY FAILED` on the console.
@@ -55,13 +60,48 @@ fn boot_clock() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// A clock for gaps that runs on while the guest is suspended: the TSC,
+/// calibrated against the kernel clock over 200 ms at start. (CLOCK_BOOTTIME does not
+/// do: after a suspend-cancel resume the kernel injects the suspended time
+/// only sometimes, so most checkpoint pauses were invisible in it.)
+struct TscClock {
+    t0: u64,
+    ns_per_tick: f64,
+}
+
+impl TscClock {
+    fn calibrate() -> Self {
+        let (m0, c0) = (boot_clock(), tsc());
+        std::thread::sleep(Duration::from_millis(200));
+        let (m1, c1) = (boot_clock(), tsc());
+        let ns = (m1 - m0).as_nanos() as f64;
+        TscClock { t0: c0, ns_per_tick: ns / (c1.wrapping_sub(c0)).max(1) as f64 }
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos((tsc().wrapping_sub(self.t0) as f64 * self.ns_per_tick) as u64)
+    }
+}
+
+fn tsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// Pauses the mutator observed between batches.
 #[derive(Default)]
 struct Gaps {
     max: Duration,
     over_50ms: u64,
     over_500ms: u64,
+    /// Gaps of at least [`LISTED_GAP`] since the last `pauses-reset`.
+    list: Vec<Duration>,
 }
+
+/// Gaps this long or longer are listed one by one.
+const LISTED_GAP: Duration = Duration::from_millis(2);
+/// At most this many are kept between resets.
+const MAX_LISTED: usize = 100_000;
 
 struct State {
     records: Records,
@@ -110,17 +150,21 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 fn mutate_forever(state: &Mutex<State>) -> ! {
     const BATCH: usize = 512;
-    let mut last_batch = boot_clock();
+    let clock = TscClock::calibrate();
+    let mut last_batch = clock.now();
     let mut last_report = Instant::now();
     let mut at_report = 0u64;
     loop {
-        let gap = boot_clock().saturating_sub(last_batch);
+        let gap = clock.now().saturating_sub(last_batch);
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         if gap > s.gaps.max {
             s.gaps.max = gap;
         }
         s.gaps.over_50ms += u64::from(gap > Duration::from_millis(50));
         s.gaps.over_500ms += u64::from(gap > Duration::from_millis(500));
+        if gap >= LISTED_GAP && s.gaps.list.len() < MAX_LISTED {
+            s.gaps.list.push(gap);
+        }
         for _ in 0..BATCH {
             s.records.update();
         }
@@ -137,7 +181,7 @@ fn mutate_forever(state: &Mutex<State>) -> ! {
         }
         // A gap is time the mutator was not running while it wanted to:
         // the pauses it grants to requests are not counted.
-        last_batch = boot_clock();
+        last_batch = clock.now();
     }
 }
 
@@ -175,6 +219,15 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 let g = &lock(state).gaps;
                 let reply = format!("gaps max_ms={} over50={} over500={}", g.max.as_millis(), g.over_50ms, g.over_500ms);
                 writeln!(out, "{reply}")?
+            }
+            "pauses" => {
+                let list: Vec<String> =
+                    lock(state).gaps.list.iter().map(|g| format!("{:.1}", g.as_secs_f64() * 1e3)).collect();
+                writeln!(out, "pauses n={} ms={}", list.len(), list.join(","))?
+            }
+            "pauses-reset" => {
+                lock(state).gaps.list.clear();
+                writeln!(out, "pauses-reset ok")?
             }
             "stream" => loop {
                 let c = lock(state).records.counter;

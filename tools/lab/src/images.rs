@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 /// dom0's modules: Xen's device interfaces, netback, the bridge, the NIC
-/// QEMU emulates, and what output commit will need (sch_plug, ifb).
+/// QEMU emulates, and what output commit needs (sch_plug and ifb, plus the
+/// ingress qdisc, the matchall classifier and the mirred action that steer a
+/// guest vif's traffic into the ifb).
 const DOM0_MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-gntdev",
@@ -21,6 +23,9 @@ const DOM0_MODULES: &[&str] = &[
     "e1000",
     "sch_plug",
     "ifb",
+    "sch_ingress",
+    "cls_matchall",
+    "act_mirred",
 ];
 
 /// Xen tools dom0 runs, from Xen's private bin directory.
