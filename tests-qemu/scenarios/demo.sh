@@ -27,7 +27,7 @@ failover_backup_start
 wait_for 300 "the protected guest" sh -c "echo counter | nc -w 2 $FO_GUEST_IP 7000 | grep -q counter"
 client_record &
 say "a client on host 1 reads the guest's counter ten times a second"
-echo ready | nc -w 5 "$(host_ip 0)" 7999
+wait_for 120 "host 0 to take the news that the client is connected" sh -c "echo ready | nc -w 5 $(host_ip 0) 7999"
 wait_for 600 "the failover" grep -q "resumed_at=\|FAILED" /tmp/guard.txt
 sed 's/^/demo: /' /tmp/guard.txt
 wait_for 120 "the resumed guest" workload_cmd $FO_GUEST_IP counter

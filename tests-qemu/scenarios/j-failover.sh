@@ -22,7 +22,7 @@ failover_backup_start
 wait_for 300 "the protected guest" sh -c "echo counter | nc -w 2 $FO_GUEST_IP 7000 | grep -q counter"
 client_record &
 wait_for 30 "the client's first value" test -s /tmp/client.txt
-echo ready | nc -w 5 "$(host_ip 0)" 7999 || fail "telling host 0 the client is connected"
+wait_for 120 "host 0 to take the news that the client is connected" sh -c "echo ready | nc -w 5 $(host_ip 0) 7999"
 
 wait_for 300 "the guard's failover" grep -q "resumed_at=\|FAILED" /tmp/guard.txt
 cat /tmp/guard.txt
