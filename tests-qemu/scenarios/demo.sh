@@ -36,7 +36,7 @@ sleep 2
 D=$(xl domid app)
 say "summary:"
 say "  epochs committed: $(xenstore-read /local/domain/$D/resilire/status/vms/testvm/epochs_committed), bytes received: $(xenstore-read /local/domain/$D/resilire/status/vms/testvm/bytes_received)"
-say "  $(grep -o 'primary silent for [0-9]* ms.*' /tmp/guard.txt | head -1)"
+say "  detection: $(grep -o 'primary silent for [0-9]* ms ([^)]*), detected at [0-9.]* s' /tmp/guard.txt | tail -1)"
 say "  $(grep -o 'resume: .*' /tmp/guard.txt | head -1)"
 RESUMED=$(sed -n 's/.*resumed_at=\([0-9.]*\).*/\1/p' /tmp/guard.txt)
 say "  $(client_check "$RESUMED" | head -3)"
