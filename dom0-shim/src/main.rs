@@ -98,13 +98,7 @@ fn resolve_domain(xc: &xen::XenCtrl, spec: &str) -> Result<u32> {
     if let Ok(id) = spec.parse::<u32>() {
         return Ok(id);
     }
-    let xs = xenstore::Xenstore::open()?;
-    for d in xc.domains()? {
-        if xs.read(&format!("/local/domain/{}/name", d.domid))?.as_deref() == Some(spec) {
-            return Ok(d.domid);
-        }
-    }
-    bail!("no domain named {spec}")
+    resume::domain_named(xc, &xenstore::Xenstore::open()?, spec)?.with_context(|| format!("no domain named {spec}"))
 }
 
 fn cmd_domains() -> Result<()> {

@@ -148,13 +148,7 @@ pub fn write_save_file(
         pages.for_each_page(batch, &mut |p| w.write_all(p))?;
     }
 
-    let mut tsc = Vec::with_capacity(24);
-    tsc.extend_from_slice(&state.tsc.mode.to_le_bytes());
-    tsc.extend_from_slice(&state.tsc.khz.to_le_bytes());
-    tsc.extend_from_slice(&state.tsc.nsec.to_le_bytes());
-    tsc.extend_from_slice(&state.tsc.incarnation.to_le_bytes());
-    tsc.extend_from_slice(&0u32.to_le_bytes());
-    record(&mut w, rec::X86_TSC_INFO, &tsc)?;
+    record(&mut w, rec::X86_TSC_INFO, &state.tsc.to_record())?;
     record(&mut w, rec::HVM_CONTEXT, &state.hvm_context)?;
     if !state.hvm_params.is_empty() {
         let mut params = Vec::with_capacity(8 + 16 * state.hvm_params.len());

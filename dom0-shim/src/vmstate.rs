@@ -110,13 +110,7 @@ impl VmState {
         let params: Vec<u8> =
             self.hvm_params.iter().flat_map(|(i, v)| i.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect();
         record(&mut body, Kind::HvmParams, &params);
-        let mut tsc = Vec::with_capacity(24);
-        tsc.extend_from_slice(&self.tsc.mode.to_le_bytes());
-        tsc.extend_from_slice(&self.tsc.khz.to_le_bytes());
-        tsc.extend_from_slice(&self.tsc.nsec.to_le_bytes());
-        tsc.extend_from_slice(&self.tsc.incarnation.to_le_bytes());
-        tsc.extend_from_slice(&0u32.to_le_bytes());
-        record(&mut body, Kind::Tsc, &tsc);
+        record(&mut body, Kind::Tsc, &self.tsc.to_record());
         record(&mut body, Kind::CpuidPolicy, &self.cpu.cpuid);
         record(&mut body, Kind::MsrPolicy, &self.cpu.msrs);
         record(&mut body, Kind::ConfigJson, self.config_json.as_bytes());
@@ -183,13 +177,8 @@ impl VmState {
                     s.hvm_params = data.chunks_exact(16).map(|p| (u64_at(p, 0), u64_at(p, 8))).collect();
                 }
                 k if k == Kind::Tsc as u32 => {
-                    ensure!(n == 24, "TSC record of {n} bytes");
-                    s.tsc = TscInfo {
-                        mode: u32_at(data, 0),
-                        khz: u32_at(data, 4),
-                        nsec: u64_at(data, 8),
-                        incarnation: u32_at(data, 16),
-                    };
+                    let rec: &[u8; 24] = data.try_into().map_err(|_| anyhow::anyhow!("TSC record of {n} bytes"))?;
+                    s.tsc = TscInfo::from_record(rec);
                 }
                 k if k == Kind::CpuidPolicy as u32 => s.cpu.cpuid = data.to_vec(),
                 k if k == Kind::MsrPolicy as u32 => s.cpu.msrs = data.to_vec(),

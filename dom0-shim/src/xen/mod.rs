@@ -235,6 +235,30 @@ pub struct TscInfo {
     pub incarnation: u32,
 }
 
+impl TscInfo {
+    /// The 24-byte body of a migration stream's X86_TSC_INFO record
+    /// (mode, khz, nsec, incarnation, reserved; little-endian).
+    pub fn to_record(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..4].copy_from_slice(&self.mode.to_le_bytes());
+        b[4..8].copy_from_slice(&self.khz.to_le_bytes());
+        b[8..16].copy_from_slice(&self.nsec.to_le_bytes());
+        b[16..20].copy_from_slice(&self.incarnation.to_le_bytes());
+        b
+    }
+
+    /// Reads [`TscInfo::to_record`]'s layout back.
+    pub fn from_record(b: &[u8; 24]) -> TscInfo {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        TscInfo {
+            mode: u32_at(0),
+            khz: u32_at(4),
+            nsec: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            incarnation: u32_at(16),
+        }
+    }
+}
+
 /// A domain's CPUID and MSR policies, serialised as Xen does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuPolicy {
