@@ -2,9 +2,9 @@
 //! to xenstore, and `xl shutdown` / `xl reboot` handling (domU), or a
 //! self-test of the Xen facilities when booted as dom0.
 
+use crate::println;
 use crate::pv::xs_ring::XsRing;
 use crate::pv::{events, gnttab, logger, mm, time};
-use crate::println;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -65,7 +65,11 @@ pub fn dom0_smoke() -> ! {
         };
         mm::free_frame(f);
         freed += 1;
-        last = (prev != u64::MAX).then(|| mm::Frame { pfn: prev, mfn: 0, va: (prev << 12) as *mut u8 });
+        last = (prev != u64::MAX).then(|| mm::Frame {
+            pfn: prev,
+            mfn: 0,
+            va: (prev << 12) as *mut u8,
+        });
     }
     ok &= intact && freed == n && mm::report().capacity_kib == before.capacity_kib;
     info!("frames: allocated, wrote, checked and freed all {n} free frames ({} KiB), intact: {intact}", n * 4);
@@ -74,14 +78,20 @@ pub fn dom0_smoke() -> ! {
     time::sleep_ns(200_000_000);
     let dt = time::now_ns() - t0;
     ok &= (200_000_000..2_000_000_000).contains(&dt);
-    info!("time: slept 200 ms by SCHEDOP_poll, measured {} ms", dt / 1_000_000);
+    info!(
+        "time: slept 200 ms by SCHEDOP_poll, measured {} ms",
+        dt / 1_000_000
+    );
     // grants
     match mm::alloc_frame() {
         Some(f) => match gnttab::grant_access(0, f.mfn, true) {
             Ok(gref) => {
                 let ended = gnttab::end_access(gref).is_ok();
                 ok &= ended;
-                info!("grant: granted mfn {:#x} as ref {gref}, revoked: {ended}", f.mfn);
+                info!(
+                    "grant: granted mfn {:#x} as ref {gref}, revoked: {ended}",
+                    f.mfn
+                );
                 mm::free_frame(f);
             }
             Err(e) => {
@@ -92,7 +102,10 @@ pub fn dom0_smoke() -> ! {
         None => ok = false,
     }
     let m = mm::report();
-    info!("capacity: total {} KiB, used {} KiB, free for storage {} KiB", m.total_kib, m.used_kib, m.capacity_kib);
+    info!(
+        "capacity: total {} KiB, used {} KiB, free for storage {} KiB",
+        m.total_kib, m.used_kib, m.capacity_kib
+    );
     println!("RESILIRE-SMOKE: {}", if ok { "PASS" } else { "FAIL" });
     shutdown_now(shutdown::POWEROFF)
 }
@@ -135,8 +148,14 @@ pub fn run(bi: &BootInfo) -> ! {
         net: None,
         service: crate::net::service::Receiving::new(),
     };
-    let domid = app.xs.read(NO_TX, "domid").unwrap_or_else(|e| panic!("xenstore: reading domid: {e}"));
-    let home = app.xs.domain_path(domid.parse().unwrap_or(0)).unwrap_or_default();
+    let domid = app
+        .xs
+        .read(NO_TX, "domid")
+        .unwrap_or_else(|e| panic!("xenstore: reading domid: {e}"));
+    let home = app
+        .xs
+        .domain_path(domid.parse().unwrap_or(0))
+        .unwrap_or_default();
     info!("xenstore: connected, domain {domid}, home {home}");
     if let Err(e) = control::publish_booting(&mut app.xs, VERSION) {
         error!("status: cannot write {STATUS_DIR}: {e}");
@@ -187,7 +206,10 @@ pub fn run(bi: &BootInfo) -> ! {
             app.service.publish(&mut app.xs);
             next_status = now + STATUS_PERIOD_NS;
         }
-        let deadline = app.config_retry_at.map_or(next_status, |t| t.min(next_status)).min(net_deadline);
+        let deadline = app
+            .config_retry_at
+            .map_or(next_status, |t| t.min(next_status))
+            .min(net_deadline);
         let t_wait = time::now_ns();
         match app.net.as_ref().and_then(|n| n.port()) {
             Some(p) => events::wait(&[app.port, p], deadline),
@@ -209,7 +231,11 @@ impl App {
                 self.config_retry_at = Some(time::now_ns() + CONFIG_RETRY_NS);
                 return false;
             }
-            Err(e) => (State::Misconfigured, format!("cannot read {CONFIG_DIR}: {e}"), None),
+            Err(e) => (
+                State::Misconfigured,
+                format!("cannot read {CONFIG_DIR}: {e}"),
+                None,
+            ),
             Ok(raw) => match control::evaluate(&raw, mm::report().capacity_kib) {
                 Ok(cfg) => (State::Ready, String::new(), Some(cfg)),
                 Err(reason) => (State::Misconfigured, reason, None),
@@ -221,7 +247,9 @@ impl App {
                 "config: ready: {}/{} gw {} port {} budget {} MiB, {} primary key(s), log {}",
                 c.address,
                 c.prefix,
-                c.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+                c.gateway
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "none".into()),
                 c.port,
                 c.memory_budget_mib,
                 c.keys.len(),
@@ -282,7 +310,12 @@ impl App {
             self.effective_published = has_cfg;
         }
         match r {
-            Ok(()) => info!("status: {}{}{}", self.state.as_str(), if self.reason.is_empty() { "" } else { ": " }, self.reason),
+            Ok(()) => info!(
+                "status: {}{}{}",
+                self.state.as_str(),
+                if self.reason.is_empty() { "" } else { ": " },
+                self.reason
+            ),
             Err(e) if !self.status_warned => {
                 self.status_warned = true;
                 error!("status: cannot write {STATUS_DIR} (dom0 must create it writable for this domain): {e}");
@@ -323,7 +356,11 @@ impl App {
     }
 
     fn stop(&mut self, reason: u32) -> ! {
-        let what = if reason == shutdown::REBOOT { "reboot" } else { "poweroff" };
+        let what = if reason == shutdown::REBOOT {
+            "reboot"
+        } else {
+            "poweroff"
+        };
         info!("shutdown requested by the toolstack: {what}");
         self.state = State::Stopping;
         self.reason = format!("{what} requested");

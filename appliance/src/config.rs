@@ -108,7 +108,10 @@ impl fmt::Display for ConfigError {
 }
 
 fn bad(key: &str, reason: String) -> ConfigError {
-    ConfigError { key: key.to_string(), reason }
+    ConfigError {
+        key: key.to_string(),
+        reason,
+    }
 }
 
 fn required<'a>(get: &'a dyn Fn(&str) -> Option<String>, key: &str) -> Result<String, ConfigError> {
@@ -133,39 +136,68 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 
 /// True for a VM id usable as a key name: 1..=64 of `[A-Za-z0-9._-]`.
 pub fn valid_vm_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
 }
 
 /// Validates a configuration.
 ///
 /// `get(key)` returns the value of `resilire/config/<key>` (`None` if absent);
 /// `key_ids` are the children of `resilire/config/keys`.
-pub fn parse(get: &dyn Fn(&str) -> Option<String>, key_ids: &[String]) -> Result<Config, ConfigError> {
+pub fn parse(
+    get: &dyn Fn(&str) -> Option<String>,
+    key_ids: &[String],
+) -> Result<Config, ConfigError> {
     let addr_s = required(get, "ipv4-address")?;
-    let address: Ipv4Addr =
-        addr_s.parse().map_err(|_| bad("ipv4-address", format!("not an IPv4 address: '{addr_s}'")))?;
+    let address: Ipv4Addr = addr_s
+        .parse()
+        .map_err(|_| bad("ipv4-address", format!("not an IPv4 address: '{addr_s}'")))?;
     if address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
-        return Err(bad("ipv4-address", format!("not a host address: '{addr_s}'")));
+        return Err(bad(
+            "ipv4-address",
+            format!("not a host address: '{addr_s}'"),
+        ));
     }
 
     let prefix_s = required(get, "ipv4-prefix")?;
     let prefix: u8 = match prefix_s.parse() {
         Ok(p) if (1..=32).contains(&p) => p,
-        _ => return Err(bad("ipv4-prefix", format!("not a prefix length in 1..32: '{prefix_s}'"))),
+        _ => {
+            return Err(bad(
+                "ipv4-prefix",
+                format!("not a prefix length in 1..32: '{prefix_s}'"),
+            ))
+        }
     };
 
     let gw_s = required(get, "ipv4-gateway")?;
     let gateway = if gw_s == "none" {
         None
     } else {
-        let gw: Ipv4Addr =
-            gw_s.parse().map_err(|_| bad("ipv4-gateway", format!("not an IPv4 address or 'none': '{gw_s}'")))?;
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+        let gw: Ipv4Addr = gw_s.parse().map_err(|_| {
+            bad(
+                "ipv4-gateway",
+                format!("not an IPv4 address or 'none': '{gw_s}'"),
+            )
+        })?;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix as u32)
+        };
         if u32::from(gw) & mask != u32::from(address) & mask {
-            return Err(bad("ipv4-gateway", format!("{gw} is outside {address}/{prefix}")));
+            return Err(bad(
+                "ipv4-gateway",
+                format!("{gw} is outside {address}/{prefix}"),
+            ));
         }
         if gw == address {
-            return Err(bad("ipv4-gateway", format!("{gw} is the appliance's own address")));
+            return Err(bad(
+                "ipv4-gateway",
+                format!("{gw} is the appliance's own address"),
+            ));
         }
         Some(gw)
     };
@@ -173,18 +205,34 @@ pub fn parse(get: &dyn Fn(&str) -> Option<String>, key_ids: &[String]) -> Result
     let port_s = required(get, "tcp-port")?;
     let port: u16 = match port_s.parse() {
         Ok(p) if p > 0 => p,
-        _ => return Err(bad("tcp-port", format!("not a port in 1..65535: '{port_s}'"))),
+        _ => {
+            return Err(bad(
+                "tcp-port",
+                format!("not a port in 1..65535: '{port_s}'"),
+            ))
+        }
     };
 
     let budget_s = required(get, "memory-budget-mib")?;
     let memory_budget_mib: u32 = match budget_s.parse() {
         Ok(m) if m > 0 => m,
-        _ => return Err(bad("memory-budget-mib", format!("not a positive number of MiB: '{budget_s}'"))),
+        _ => {
+            return Err(bad(
+                "memory-budget-mib",
+                format!("not a positive number of MiB: '{budget_s}'"),
+            ))
+        }
     };
 
-    let level_s = get("log-level").map(|s| s.trim().to_string()).unwrap_or_else(|| "info".to_string());
-    let log_level = LogLevel::parse(&level_s)
-        .ok_or_else(|| bad("log-level", format!("not one of error|warn|info|debug|trace: '{level_s}'")))?;
+    let level_s = get("log-level")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "info".to_string());
+    let log_level = LogLevel::parse(&level_s).ok_or_else(|| {
+        bad(
+            "log-level",
+            format!("not one of error|warn|info|debug|trace: '{level_s}'"),
+        )
+    })?;
 
     if key_ids.is_empty() {
         return Err(bad(KEYS_DIR, "no primary keys configured".to_string()));
@@ -196,12 +244,24 @@ pub fn parse(get: &dyn Fn(&str) -> Option<String>, key_ids: &[String]) -> Result
             return Err(bad(&k, "VM id must be 1..64 of [A-Za-z0-9._-]".to_string()));
         }
         let v = required(get, &k)?;
-        let key = parse_hex32(&v).ok_or_else(|| bad(&k, "not 64 hex digits (32 bytes)".to_string()))?;
-        keys.push(PrimaryKey { vm_id: id.clone(), key });
+        let key =
+            parse_hex32(&v).ok_or_else(|| bad(&k, "not 64 hex digits (32 bytes)".to_string()))?;
+        keys.push(PrimaryKey {
+            vm_id: id.clone(),
+            key,
+        });
     }
     keys.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
 
-    Ok(Config { address, prefix, gateway, port, memory_budget_mib, log_level, keys })
+    Ok(Config {
+        address,
+        prefix,
+        gateway,
+        port,
+        memory_budget_mib,
+        log_level,
+        keys,
+    })
 }
 
 /// Checks the budget against what the appliance can actually store.
@@ -210,7 +270,10 @@ pub fn check_budget(cfg: &Config, capacity_kib: u64) -> Result<(), ConfigError> 
     if cfg.memory_budget_mib as u64 > cap_mib {
         return Err(bad(
             "memory-budget-mib",
-            format!("{} MiB exceeds the appliance's free memory of {} MiB", cfg.memory_budget_mib, cap_mib),
+            format!(
+                "{} MiB exceeds the appliance's free memory of {} MiB",
+                cfg.memory_budget_mib, cap_mib
+            ),
         ));
     }
     Ok(())
@@ -254,8 +317,15 @@ pub struct MemoryReport {
 
 /// Status keys whose value comes from the configuration; removed when the
 /// configuration is not valid.
-pub const EFFECTIVE_KEYS: [&str; 7] =
-    ["ipv4-address", "ipv4-prefix", "ipv4-gateway", "tcp-port", "memory-budget-mib", "log-level", "keys"];
+pub const EFFECTIVE_KEYS: [&str; 7] = [
+    "ipv4-address",
+    "ipv4-prefix",
+    "ipv4-gateway",
+    "tcp-port",
+    "memory-budget-mib",
+    "log-level",
+    "keys",
+];
 
 /// The (key, value) pairs to write under `resilire/status/`.
 pub fn status_entries(
@@ -279,7 +349,12 @@ pub fn status_entries(
         let ids: Vec<&str> = c.keys.iter().map(|k| k.vm_id.as_str()).collect();
         v.push(("ipv4-address", c.address.to_string()));
         v.push(("ipv4-prefix", format!("{}", c.prefix)));
-        v.push(("ipv4-gateway", c.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".to_string())));
+        v.push((
+            "ipv4-gateway",
+            c.gateway
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "none".to_string()),
+        ));
         v.push(("tcp-port", format!("{}", c.port)));
         v.push(("memory-budget-mib", format!("{}", c.memory_budget_mib)));
         v.push(("log-level", c.log_level.as_str().to_string()));
@@ -312,8 +387,11 @@ mod tests {
     }
 
     fn run(m: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        let ids: Vec<String> =
-            m.keys().filter_map(|k| k.strip_prefix("keys/")).map(|s| s.to_string()).collect();
+        let ids: Vec<String> = m
+            .keys()
+            .filter_map(|k| k.strip_prefix("keys/"))
+            .map(|s| s.to_string())
+            .collect();
         parse(&|k| m.get(k).cloned(), &ids)
     }
 
@@ -330,7 +408,10 @@ mod tests {
         assert_eq!(c.keys[0].vm_id, "vm-a");
         assert_eq!(c.keys[0].key[0], 0x00);
         assert_eq!(c.keys[0].key[31], 0xff);
-        assert!(!format!("{:?}", c).contains("aabb"), "keys must not be printed");
+        assert!(
+            !format!("{:?}", c).contains("aabb"),
+            "keys must not be printed"
+        );
     }
 
     #[test]
@@ -356,15 +437,30 @@ mod tests {
     fn each_bad_key_is_named() {
         assert_eq!(err_for("ipv4-address", None).key, "ipv4-address");
         assert_eq!(err_for("ipv4-address", None).reason, "missing");
-        assert_eq!(err_for("ipv4-address", Some("10.0.0.300")).key, "ipv4-address");
+        assert_eq!(
+            err_for("ipv4-address", Some("10.0.0.300")).key,
+            "ipv4-address"
+        );
         assert_eq!(err_for("ipv4-address", Some("0.0.0.0")).key, "ipv4-address");
         assert_eq!(err_for("ipv4-prefix", Some("33")).key, "ipv4-prefix");
-        assert_eq!(err_for("ipv4-gateway", Some("10.0.1.1")).key, "ipv4-gateway");
-        assert_eq!(err_for("ipv4-gateway", Some("10.0.0.2")).key, "ipv4-gateway");
-        assert_eq!(err_for("tcp-port", Some("banana")).to_string(), "config key 'tcp-port': not a port in 1..65535: 'banana'");
+        assert_eq!(
+            err_for("ipv4-gateway", Some("10.0.1.1")).key,
+            "ipv4-gateway"
+        );
+        assert_eq!(
+            err_for("ipv4-gateway", Some("10.0.0.2")).key,
+            "ipv4-gateway"
+        );
+        assert_eq!(
+            err_for("tcp-port", Some("banana")).to_string(),
+            "config key 'tcp-port': not a port in 1..65535: 'banana'"
+        );
         assert_eq!(err_for("tcp-port", Some("0")).key, "tcp-port");
         assert_eq!(err_for("tcp-port", Some("70000")).key, "tcp-port");
-        assert_eq!(err_for("memory-budget-mib", Some("-1")).key, "memory-budget-mib");
+        assert_eq!(
+            err_for("memory-budget-mib", Some("-1")).key,
+            "memory-budget-mib"
+        );
         assert_eq!(err_for("log-level", Some("loud")).key, "log-level");
         assert_eq!(err_for("keys/vm-a", Some("abcd")).key, "keys/vm-a");
         assert_eq!(err_for("keys/vm-a", Some(&"g".repeat(64))).key, "keys/vm-a");
@@ -392,9 +488,18 @@ mod tests {
     #[test]
     fn status_echoes_the_effective_config_without_key_material() {
         let c = run(&good()).unwrap();
-        let mem = MemoryReport { total_kib: 65536, used_kib: 5000, capacity_kib: 50000 };
+        let mem = MemoryReport {
+            total_kib: 65536,
+            used_kib: 5000,
+            capacity_kib: 50000,
+        };
         let s = status_entries(State::Ready, "", "0.1.0", mem, 12, Some(&c));
-        let get = |k: &str| s.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap();
+        let get = |k: &str| {
+            s.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
         assert_eq!(get("state"), "ready");
         assert_eq!(get("mem_total_kib"), "65536");
         assert_eq!(get("tcp-port"), "7300");

@@ -12,8 +12,14 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 /// The plain (non key) configuration entries.
-pub const PLAIN_KEYS: [&str; 6] =
-    ["ipv4-address", "ipv4-prefix", "ipv4-gateway", "tcp-port", "memory-budget-mib", "log-level"];
+pub const PLAIN_KEYS: [&str; 6] = [
+    "ipv4-address",
+    "ipv4-prefix",
+    "ipv4-gateway",
+    "tcp-port",
+    "memory-budget-mib",
+    "log-level",
+];
 
 /// Attempts of a xenstore transaction before giving up on EAGAIN.
 pub const TX_ATTEMPTS: u32 = 8;
@@ -58,7 +64,8 @@ pub fn evaluate(raw: &RawConfig, capacity_kib: u64) -> Result<Config, String> {
     if raw.values.is_empty() && raw.key_ids.is_empty() {
         return Err(format!("no configuration under {CONFIG_DIR}"));
     }
-    let cfg = config::parse(&|k| raw.values.get(k).cloned(), &raw.key_ids).map_err(|e| e.to_string())?;
+    let cfg =
+        config::parse(&|k| raw.values.get(k).cloned(), &raw.key_ids).map_err(|e| e.to_string())?;
     config::check_budget(&cfg, capacity_kib).map_err(|e| e.to_string())?;
     Ok(cfg)
 }
@@ -68,7 +75,11 @@ pub fn evaluate(raw: &RawConfig, capacity_kib: u64) -> Result<Config, String> {
 pub fn publish_booting<T: Transport>(xs: &mut Client<T>, version: &str) -> Result<(), XsError> {
     xs.write(NO_TX, &format!("{STATUS_DIR}/version"), version)?;
     xs.write(NO_TX, &format!("{STATUS_DIR}/reason"), "")?;
-    xs.write(NO_TX, &format!("{STATUS_DIR}/state"), config::State::Booting.as_str())
+    xs.write(
+        NO_TX,
+        &format!("{STATUS_DIR}/state"),
+        config::State::Booting.as_str(),
+    )
 }
 
 /// Writes status entries in one transaction; with `remove_effective`, also
@@ -104,7 +115,9 @@ pub enum ShutdownRequest {
 
 /// Reads `control/shutdown` and, if it holds a request, acknowledges it by
 /// writing it back empty (in one transaction, as Linux does).
-pub fn take_shutdown_request<T: Transport>(xs: &mut Client<T>) -> Result<Option<ShutdownRequest>, XsError> {
+pub fn take_shutdown_request<T: Transport>(
+    xs: &mut Client<T>,
+) -> Result<Option<ShutdownRequest>, XsError> {
     let v = xs.transaction(TX_ATTEMPTS, |xs, tx| {
         let v = xs.read_opt(tx, "control/shutdown")?.unwrap_or_default();
         if !v.is_empty() {
@@ -165,29 +178,58 @@ mod tests {
     fn reasons_for_an_empty_a_bad_and_a_too_big_config() {
         let mut xs = Client::new(MockStore::default());
         let raw = fetch_config(&mut xs).unwrap();
-        assert_eq!(evaluate(&raw, 1 << 20).unwrap_err(), "no configuration under resilire/config");
+        assert_eq!(
+            evaluate(&raw, 1 << 20).unwrap_err(),
+            "no configuration under resilire/config"
+        );
 
         let mut xs = configured();
-        xs.transport_mut().nodes.remove(&format!("{CONFIG_DIR}/tcp-port"));
+        xs.transport_mut()
+            .nodes
+            .remove(&format!("{CONFIG_DIR}/tcp-port"));
         let raw = fetch_config(&mut xs).unwrap();
-        assert_eq!(evaluate(&raw, 1 << 20).unwrap_err(), "config key 'tcp-port': missing");
+        assert_eq!(
+            evaluate(&raw, 1 << 20).unwrap_err(),
+            "config key 'tcp-port': missing"
+        );
 
         let mut xs = configured();
         let raw = fetch_config(&mut xs).unwrap();
-        assert!(evaluate(&raw, 16 * 1024).unwrap_err().starts_with("config key 'memory-budget-mib'"));
+        assert!(evaluate(&raw, 16 * 1024)
+            .unwrap_err()
+            .starts_with("config key 'memory-budget-mib'"));
     }
 
     #[test]
     fn status_is_written_and_effective_keys_removed_when_invalid() {
         let mut xs = configured();
         let cfg = evaluate(&fetch_config(&mut xs).unwrap(), 1 << 20).unwrap();
-        let mem = MemoryReport { total_kib: 65536, used_kib: 500, capacity_kib: 56000 };
-        publish(&mut xs, &status_entries(State::Ready, "", "0.1.0", mem, 3, Some(&cfg)), false).unwrap();
-        let get = |xs: &mut Client<MockStore>, k: &str| xs.transport_mut().nodes.get(&format!("{STATUS_DIR}/{k}")).cloned();
+        let mem = MemoryReport {
+            total_kib: 65536,
+            used_kib: 500,
+            capacity_kib: 56000,
+        };
+        publish(
+            &mut xs,
+            &status_entries(State::Ready, "", "0.1.0", mem, 3, Some(&cfg)),
+            false,
+        )
+        .unwrap();
+        let get = |xs: &mut Client<MockStore>, k: &str| {
+            xs.transport_mut()
+                .nodes
+                .get(&format!("{STATUS_DIR}/{k}"))
+                .cloned()
+        };
         assert_eq!(get(&mut xs, "state").as_deref(), Some("ready"));
         assert_eq!(get(&mut xs, "tcp-port").as_deref(), Some("7780"));
         assert_eq!(get(&mut xs, "keys").as_deref(), Some("vm-a"));
-        publish(&mut xs, &status_entries(State::Misconfigured, "bad", "0.1.0", mem, 4, None), true).unwrap();
+        publish(
+            &mut xs,
+            &status_entries(State::Misconfigured, "bad", "0.1.0", mem, 4, None),
+            true,
+        )
+        .unwrap();
         assert_eq!(get(&mut xs, "state").as_deref(), Some("misconfigured"));
         assert_eq!(get(&mut xs, "reason").as_deref(), Some("bad"));
         assert_eq!(get(&mut xs, "tcp-port"), None);
@@ -198,7 +240,13 @@ mod tests {
     fn booting_status_is_small() {
         let mut xs = Client::new(MockStore::default());
         publish_booting(&mut xs, "0.1.0").unwrap();
-        assert_eq!(xs.transport_mut().nodes.get("resilire/status/state").map(String::as_str), Some("booting"));
+        assert_eq!(
+            xs.transport_mut()
+                .nodes
+                .get("resilire/status/state")
+                .map(String::as_str),
+            Some("booting")
+        );
         assert_eq!(xs.transport_mut().nodes.len(), 3);
     }
 
@@ -212,9 +260,15 @@ mod tests {
             ("reboot", ShutdownRequest::Reboot),
             ("suspend", ShutdownRequest::Unsupported("suspend".into())),
         ] {
-            xs.transport_mut().nodes.insert("control/shutdown".into(), v.into());
+            xs.transport_mut()
+                .nodes
+                .insert("control/shutdown".into(), v.into());
             assert_eq!(take_shutdown_request(&mut xs).unwrap(), Some(want));
-            assert_eq!(xs.transport_mut().nodes["control/shutdown"], "", "request acknowledged");
+            assert_eq!(
+                xs.transport_mut().nodes["control/shutdown"],
+                "",
+                "request acknowledged"
+            );
         }
         assert_eq!(take_shutdown_request(&mut xs).unwrap(), None);
     }

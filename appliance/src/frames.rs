@@ -30,7 +30,12 @@ impl<'a> FrameAllocator<'a> {
         for f in nr_frames..(bits.len() as u64 * 64) {
             bits[(f / 64) as usize] |= 1 << (f % 64);
         }
-        let mut a = FrameAllocator { bits, nr_frames, free: nr_frames, low_hint: 0 };
+        let mut a = FrameAllocator {
+            bits,
+            nr_frames,
+            free: nr_frames,
+            low_hint: 0,
+        };
         for f in 0..first_free {
             a.mark_used(f);
         }
@@ -43,7 +48,10 @@ impl<'a> FrameAllocator<'a> {
 
     /// Marks a free frame as used (e.g. reserved for another purpose).
     pub fn mark_used(&mut self, f: u64) {
-        assert!(f < self.nr_frames && !self.is_used(f), "frame {f} already used");
+        assert!(
+            f < self.nr_frames && !self.is_used(f),
+            "frame {f} already used"
+        );
         self.bits[(f / 64) as usize] |= 1 << (f % 64);
         self.free -= 1;
     }
@@ -85,7 +93,10 @@ impl<'a> FrameAllocator<'a> {
 
     /// Returns a frame to the pool.
     pub fn free(&mut self, f: u64) {
-        assert!(f < self.nr_frames && self.is_used(f), "double free of frame {f}");
+        assert!(
+            f < self.nr_frames && self.is_used(f),
+            "double free of frame {f}"
+        );
         self.bits[(f / 64) as usize] &= !(1 << (f % 64));
         self.free += 1;
         self.low_hint = self.low_hint.min(f);

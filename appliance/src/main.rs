@@ -61,7 +61,11 @@ mod kernel {
             min,
             bi.magic_str(),
             "PV",
-            if bi.is_dom0() { "dom0 (smoke test)" } else { "domU" },
+            if bi.is_dom0() {
+                "dom0 (smoke test)"
+            } else {
+                "domU"
+            },
             bi.nr_pages
         );
 
@@ -84,14 +88,21 @@ mod kernel {
             r.heap_bytes / 1024
         );
         let m = mm::report();
-        info!("capacity: total {} KiB, used {} KiB, free for storage {} KiB", m.total_kib, m.used_kib, m.capacity_kib);
+        info!(
+            "capacity: total {} KiB, used {} KiB, free for storage {} KiB",
+            m.total_kib, m.used_kib, m.capacity_kib
+        );
         match gnttab::init() {
             Ok((frames, entries, max)) => {
                 info!("grant table: {frames} frame(s), {entries} entries (max {max} frames)")
             }
             Err(e) => warn!("grant table unavailable: {e}"),
         }
-        if bi.cmd_line_str().split_whitespace().any(|w| w == "resilire.test=panic") {
+        if bi
+            .cmd_line_str()
+            .split_whitespace()
+            .any(|w| w == "resilire.test=panic")
+        {
             // exercises the panic path (console report + SHUTDOWN_crash)
             panic!("test panic requested on the command line");
         }

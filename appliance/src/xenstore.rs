@@ -36,7 +36,12 @@ pub struct Client<T: Transport> {
 impl<T: Transport> Client<T> {
     /// Wraps a transport.
     pub fn new(transport: T) -> Self {
-        Client { transport, decoder: Decoder::default(), next_req: 1, events: VecDeque::new() }
+        Client {
+            transport,
+            decoder: Decoder::default(),
+            next_req: 1,
+            events: VecDeque::new(),
+        }
     }
 
     /// The underlying transport.
@@ -87,12 +92,18 @@ impl<T: Transport> Client<T> {
 
     /// Writes a node (creating it and missing parents).
     pub fn write(&mut self, tx: u32, path: &str, value: &str) -> Result<(), XsError> {
-        self.request(MsgType::Write, tx, &[path.as_bytes(), b"\0", value.as_bytes()]).map(|_| ())
+        self.request(
+            MsgType::Write,
+            tx,
+            &[path.as_bytes(), b"\0", value.as_bytes()],
+        )
+        .map(|_| ())
     }
 
     /// Creates an empty node.
     pub fn mkdir(&mut self, tx: u32, path: &str) -> Result<(), XsError> {
-        self.request(MsgType::Mkdir, tx, &[path.as_bytes(), b"\0"]).map(|_| ())
+        self.request(MsgType::Mkdir, tx, &[path.as_bytes(), b"\0"])
+            .map(|_| ())
     }
 
     /// Removes a node and its children; a missing node is not an error.
@@ -106,38 +117,57 @@ impl<T: Transport> Client<T> {
     /// Lists the children of a node.
     pub fn directory(&mut self, tx: u32, path: &str) -> Result<Vec<String>, XsError> {
         let v = self.request(MsgType::Directory, tx, &[path.as_bytes(), b"\0"])?;
-        Ok(xs_wire::split_strings(&v)?.into_iter().map(String::from).collect())
+        Ok(xs_wire::split_strings(&v)?
+            .into_iter()
+            .map(String::from)
+            .collect())
     }
 
     /// The domain's home path (`/local/domain/<domid>`).
     pub fn domain_path(&mut self, domid: u32) -> Result<String, XsError> {
         let id = alloc::format!("{domid}");
         let v = self.request(MsgType::GetDomainPath, NO_TX, &[id.as_bytes(), b"\0"])?;
-        Ok(xs_wire::split_strings(&v)?.first().map(|s| String::from(*s)).unwrap_or_default())
+        Ok(xs_wire::split_strings(&v)?
+            .first()
+            .map(|s| String::from(*s))
+            .unwrap_or_default())
     }
 
     /// Watches `path` and everything below it. The daemon fires once right
     /// away; later events come from [`Client::next_event`].
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.request(MsgType::Watch, NO_TX, &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"]).map(|_| ())
+        self.request(
+            MsgType::Watch,
+            NO_TX,
+            &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"],
+        )
+        .map(|_| ())
     }
 
     /// Removes a watch.
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.request(MsgType::Unwatch, NO_TX, &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"]).map(|_| ())
+        self.request(
+            MsgType::Unwatch,
+            NO_TX,
+            &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"],
+        )
+        .map(|_| ())
     }
 
     /// Starts a transaction and returns its id.
     pub fn transaction_start(&mut self) -> Result<u32, XsError> {
         let v = self.request(MsgType::TransactionStart, NO_TX, &[b"\0"])?;
         let s = xs_wire::split_strings(&v)?;
-        s.first().and_then(|s| s.parse().ok()).ok_or(XsError::Protocol("bad transaction id"))
+        s.first()
+            .and_then(|s| s.parse().ok())
+            .ok_or(XsError::Protocol("bad transaction id"))
     }
 
     /// Commits (`commit`) or aborts a transaction. A conflict yields [`XsError::Again`].
     pub fn transaction_end(&mut self, tx: u32, commit: bool) -> Result<(), XsError> {
         let arg: &[u8] = if commit { b"T\0" } else { b"F\0" };
-        self.request(MsgType::TransactionEnd, tx, &[arg]).map(|_| ())
+        self.request(MsgType::TransactionEnd, tx, &[arg])
+            .map(|_| ())
     }
 
     /// Runs `body` inside a transaction, retrying the whole body up to
@@ -209,7 +239,12 @@ pub(crate) mod mock {
 
     impl MockStore {
         fn reply(&mut self, ty: u32, req_id: u32, tx_id: u32, payload: &[u8]) {
-            let h = Header { ty, req_id, tx_id, len: payload.len() as u32 };
+            let h = Header {
+                ty,
+                req_id,
+                tx_id,
+                len: payload.len() as u32,
+            };
             self.out.extend(h.encode());
             self.out.extend(payload);
         }
@@ -249,7 +284,9 @@ pub(crate) mod mock {
                     if self.read_only.iter().any(|p| path.starts_with(p.as_str())) {
                         return self.error(id, "EACCES");
                     }
-                    let val = std::str::from_utf8(&payload[nul + 1..]).unwrap().to_string();
+                    let val = std::str::from_utf8(&payload[nul + 1..])
+                        .unwrap()
+                        .to_string();
                     self.nodes.insert(path.clone(), val);
                     self.reply(hdr.ty, id, hdr.tx_id, b"OK\0");
                     self.fire(&path);
@@ -257,7 +294,8 @@ pub(crate) mod mock {
                 MsgType::Rm => {
                     let p = strs[0].to_string();
                     let before = self.nodes.len();
-                    self.nodes.retain(|k, _| !(k == &p || k.starts_with(&format!("{p}/"))));
+                    self.nodes
+                        .retain(|k, _| !(k == &p || k.starts_with(&format!("{p}/"))));
                     if self.nodes.len() == before {
                         self.error(id, "ENOENT")
                     } else {
@@ -269,7 +307,10 @@ pub(crate) mod mock {
                     let mut kids: Vec<String> = self
                         .nodes
                         .keys()
-                        .filter_map(|k| k.strip_prefix(&prefix).map(|r| r.split('/').next().unwrap().to_string()))
+                        .filter_map(|k| {
+                            k.strip_prefix(&prefix)
+                                .map(|r| r.split('/').next().unwrap().to_string())
+                        })
                         .collect();
                     kids.dedup();
                     if kids.is_empty() && !self.nodes.contains_key(strs[0]) {
@@ -359,7 +400,13 @@ mod tests {
         c.watch("cfg", "tok").unwrap();
         // the initial firing
         c.poll().unwrap();
-        assert_eq!(c.next_event(), Some(WatchEvent { path: "cfg".into(), token: "tok".into() }));
+        assert_eq!(
+            c.next_event(),
+            Some(WatchEvent {
+                path: "cfg".into(),
+                token: "tok".into()
+            })
+        );
         c.transport_mut().external_write("cfg/port", "7");
         c.write(NO_TX, "other", "x").unwrap(); // event arrives before this reply
         assert_eq!(c.next_event().unwrap().path, "cfg/port");
@@ -390,7 +437,10 @@ mod tests {
         let mut store = MockStore::default();
         store.conflicts = 10;
         let mut c = Client::new(store);
-        assert_eq!(c.transaction(3, |c, tx| c.write(tx, "k", "v")), Err(XsError::Again));
+        assert_eq!(
+            c.transaction(3, |c, tx| c.write(tx, "k", "v")),
+            Err(XsError::Again)
+        );
     }
 
     #[test]

@@ -93,7 +93,12 @@ impl Header {
     /// Parses a header.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Header {
         let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Header { ty: w(0), req_id: w(4), tx_id: w(8), len: w(12) }
+        Header {
+            ty: w(0),
+            req_id: w(4),
+            tx_id: w(8),
+            len: w(12),
+        }
     }
 }
 
@@ -158,13 +163,26 @@ impl fmt::Display for XsError {
 }
 
 /// Builds a complete request (header + payload made of `parts` concatenated).
-pub fn encode_request(ty: MsgType, req_id: u32, tx_id: u32, parts: &[&[u8]]) -> Result<Vec<u8>, XsError> {
+pub fn encode_request(
+    ty: MsgType,
+    req_id: u32,
+    tx_id: u32,
+    parts: &[&[u8]],
+) -> Result<Vec<u8>, XsError> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if len > PAYLOAD_MAX {
         return Err(XsError::TooBig);
     }
     let mut msg = Vec::with_capacity(HEADER_LEN + len);
-    msg.extend_from_slice(&Header { ty: ty as u32, req_id, tx_id, len: len as u32 }.encode());
+    msg.extend_from_slice(
+        &Header {
+            ty: ty as u32,
+            req_id,
+            tx_id,
+            len: len as u32,
+        }
+        .encode(),
+    );
     for p in parts {
         msg.extend_from_slice(p);
     }
@@ -196,7 +214,10 @@ pub struct WatchEvent {
 pub fn parse_watch_event(payload: &[u8]) -> Result<WatchEvent, XsError> {
     let parts = split_strings(payload)?;
     match parts.as_slice() {
-        [path, token, ..] => Ok(WatchEvent { path: String::from(*path), token: String::from(*token) }),
+        [path, token, ..] => Ok(WatchEvent {
+            path: String::from(*path),
+            token: String::from(*token),
+        }),
         _ => Err(XsError::Protocol("watch event without path and token")),
     }
 }
@@ -264,7 +285,12 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_byte_order() {
-        let h = Header { ty: 2, req_id: 7, tx_id: 0x0102_0304, len: 5 };
+        let h = Header {
+            ty: 2,
+            req_id: 7,
+            tx_id: 0x0102_0304,
+            len: 5,
+        };
         let b = h.encode();
         assert_eq!(&b[..8], &[2, 0, 0, 0, 7, 0, 0, 0]);
         assert_eq!(&b[8..12], &[4, 3, 2, 1]);
@@ -275,14 +301,25 @@ mod tests {
     fn write_request_layout() {
         let m = encode_request(MsgType::Write, 3, 9, &[b"a/b", b"\0", b"val"]).unwrap();
         assert_eq!(m.len(), 16 + 7);
-        assert_eq!(Header::decode(m[..16].try_into().unwrap()), Header { ty: 11, req_id: 3, tx_id: 9, len: 7 });
+        assert_eq!(
+            Header::decode(m[..16].try_into().unwrap()),
+            Header {
+                ty: 11,
+                req_id: 3,
+                tx_id: 9,
+                len: 7
+            }
+        );
         assert_eq!(&m[16..], b"a/b\0val");
     }
 
     #[test]
     fn oversized_request_is_refused() {
         let big = vec![b'x'; PAYLOAD_MAX + 1];
-        assert_eq!(encode_request(MsgType::Write, 1, 0, &[&big]), Err(XsError::TooBig));
+        assert_eq!(
+            encode_request(MsgType::Write, 1, 0, &[&big]),
+            Err(XsError::TooBig)
+        );
     }
 
     #[test]
@@ -291,18 +328,46 @@ mod tests {
         assert_eq!(split_strings(b"").unwrap(), Vec::<&str>::new());
         assert_eq!(split_strings(b"\0").unwrap(), Vec::<&str>::new());
         let ev = parse_watch_event(b"resilire/config/tcp-port\0cfg\0").unwrap();
-        assert_eq!(ev, WatchEvent { path: "resilire/config/tcp-port".into(), token: "cfg".into() });
+        assert_eq!(
+            ev,
+            WatchEvent {
+                path: "resilire/config/tcp-port".into(),
+                token: "cfg".into()
+            }
+        );
         assert!(parse_watch_event(b"only-path\0").is_err());
     }
 
     #[test]
     fn error_replies_become_rust_errors() {
-        let h = Header { ty: MsgType::Error as u32, req_id: 1, tx_id: 0, len: 7 };
-        assert_eq!(check_reply(MsgType::Read, &h, b"ENOENT\0".to_vec()), Err(XsError::NoEntry));
-        assert_eq!(check_reply(MsgType::TransactionEnd, &h, b"EAGAIN\0".to_vec()), Err(XsError::Again));
-        assert_eq!(check_reply(MsgType::Read, &h, b"EWHAT\0".to_vec()), Err(XsError::Other("EWHAT".into())));
-        let ok = Header { ty: MsgType::Read as u32, req_id: 1, tx_id: 0, len: 2 };
-        assert_eq!(check_reply(MsgType::Read, &ok, b"42".to_vec()), Ok(b"42".to_vec()));
+        let h = Header {
+            ty: MsgType::Error as u32,
+            req_id: 1,
+            tx_id: 0,
+            len: 7,
+        };
+        assert_eq!(
+            check_reply(MsgType::Read, &h, b"ENOENT\0".to_vec()),
+            Err(XsError::NoEntry)
+        );
+        assert_eq!(
+            check_reply(MsgType::TransactionEnd, &h, b"EAGAIN\0".to_vec()),
+            Err(XsError::Again)
+        );
+        assert_eq!(
+            check_reply(MsgType::Read, &h, b"EWHAT\0".to_vec()),
+            Err(XsError::Other("EWHAT".into()))
+        );
+        let ok = Header {
+            ty: MsgType::Read as u32,
+            req_id: 1,
+            tx_id: 0,
+            len: 2,
+        };
+        assert_eq!(
+            check_reply(MsgType::Read, &ok, b"42".to_vec()),
+            Ok(b"42".to_vec())
+        );
         assert!(check_reply(MsgType::Write, &ok, Vec::new()).is_err());
     }
 
@@ -326,7 +391,15 @@ mod tests {
     #[test]
     fn decoder_rejects_absurd_lengths() {
         let mut d = Decoder::default();
-        d.push(&Header { ty: 2, req_id: 1, tx_id: 0, len: 100_000 }.encode());
+        d.push(
+            &Header {
+                ty: 2,
+                req_id: 1,
+                tx_id: 0,
+                len: 100_000,
+            }
+            .encode(),
+        );
         assert!(d.next_message().is_err());
     }
 }

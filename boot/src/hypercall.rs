@@ -60,8 +60,17 @@ pub unsafe fn hypercall(nr: usize, a1: usize, a2: usize, a3: usize, a4: usize, a
 /// writes reach the serial line on a release build of Xen.
 pub fn console_write(bytes: &[u8]) -> Result<(), XenError> {
     // SAFETY: the buffer is a live Rust slice of `len` bytes, read-only for Xen.
-    check(unsafe { hypercall(hc::CONSOLE_IO, abi::CONSOLEIO_WRITE, bytes.len(), bytes.as_ptr() as usize, 0, 0) })
-        .map(|_| ())
+    check(unsafe {
+        hypercall(
+            hc::CONSOLE_IO,
+            abi::CONSOLEIO_WRITE,
+            bytes.len(),
+            bytes.as_ptr() as usize,
+            0,
+            0,
+        )
+    })
+    .map(|_| ())
 }
 
 /// Shuts the domain down with `reason` (`abi::shutdown::*`). Returns only if
@@ -69,8 +78,17 @@ pub fn console_write(bytes: &[u8]) -> Result<(), XenError> {
 pub fn sched_shutdown(reason: u32) -> Result<(), XenError> {
     let arg = reason;
     // SAFETY: `struct sched_shutdown` is a single unsigned int, `arg` lives on the stack.
-    check(unsafe { hypercall(hc::SCHED_OP, abi::schedop::SHUTDOWN, &arg as *const u32 as usize, 0, 0, 0) })
-        .map(|_| ())
+    check(unsafe {
+        hypercall(
+            hc::SCHED_OP,
+            abi::schedop::SHUTDOWN,
+            &arg as *const u32 as usize,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(|_| ())
 }
 
 /// Gives up the CPU.
@@ -83,18 +101,40 @@ pub fn sched_yield() {
 /// `deadline_ns` (0 = no deadline). Returns immediately if one is already
 /// pending. Event delivery (upcalls) may stay masked.
 pub fn sched_poll(ports: &[u32], deadline_ns: u64) -> Result<(), XenError> {
-    let poll = SchedPoll { ports: ports.as_ptr(), nr_ports: ports.len() as u32, timeout: deadline_ns };
+    let poll = SchedPoll {
+        ports: ports.as_ptr(),
+        nr_ports: ports.len() as u32,
+        timeout: deadline_ns,
+    };
     // SAFETY: `poll` and the port slice are live for the duration of the call.
-    check(unsafe { hypercall(hc::SCHED_OP, abi::schedop::POLL, &poll as *const SchedPoll as usize, 0, 0, 0) })
-        .map(|_| ())
+    check(unsafe {
+        hypercall(
+            hc::SCHED_OP,
+            abi::schedop::POLL,
+            &poll as *const SchedPoll as usize,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(|_| ())
 }
 
 /// Notifies the remote end of event channel `port`.
 pub fn evtchn_send(port: u32) -> Result<(), XenError> {
     let arg = port;
     // SAFETY: `struct evtchn_send` is a single u32 that lives on the stack.
-    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, abi::EVTCHNOP_SEND, &arg as *const u32 as usize, 0, 0, 0) })
-        .map(|_| ())
+    check(unsafe {
+        hypercall(
+            hc::EVENT_CHANNEL_OP,
+            abi::EVTCHNOP_SEND,
+            &arg as *const u32 as usize,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(|_| ())
 }
 
 /// Applies a batch of checked page-table writes.
@@ -124,7 +164,15 @@ pub unsafe fn mmu_update(reqs: &[MmuUpdate]) -> Result<(), XenError> {
 /// # Safety
 /// As for [`mmu_update`]: nothing may rely on the old mapping of `va`.
 pub unsafe fn update_va_mapping(va: u64, pte: u64, flags: usize) -> Result<(), XenError> {
-    check(hypercall(hc::UPDATE_VA_MAPPING, va as usize, pte as usize, flags, 0, 0)).map(|_| ())
+    check(hypercall(
+        hc::UPDATE_VA_MAPPING,
+        va as usize,
+        pte as usize,
+        flags,
+        0,
+        0,
+    ))
+    .map(|_| ())
 }
 
 /// Raw grant-table operation.
@@ -132,7 +180,14 @@ pub unsafe fn update_va_mapping(va: u64, pte: u64, flags: usize) -> Result<(), X
 /// # Safety
 /// `uop` must point to `count` structures of the type `cmd` expects.
 pub unsafe fn grant_table_op(cmd: usize, uop: *mut u8, count: u32) -> Result<i64, XenError> {
-    check(hypercall(hc::GRANT_TABLE_OP, cmd, uop as usize, count as usize, 0, 0))
+    check(hypercall(
+        hc::GRANT_TABLE_OP,
+        cmd,
+        uop as usize,
+        count as usize,
+        0,
+        0,
+    ))
 }
 
 /// Xen's version as (major, minor) (`XENVER_version`).
@@ -155,10 +210,21 @@ pub fn evtchn_alloc_unbound(remote: u16) -> Result<u32, XenError> {
         port: u32,
     }
     const EVTCHNOP_ALLOC_UNBOUND: usize = 6;
-    let mut arg = AllocUnbound { dom: abi::DOMID_SELF, remote_dom: remote, port: 0 };
+    let mut arg = AllocUnbound {
+        dom: abi::DOMID_SELF,
+        remote_dom: remote,
+        port: 0,
+    };
     // SAFETY: `arg` is a live `struct evtchn_alloc_unbound` on the stack.
     check(unsafe {
-        hypercall(hc::EVENT_CHANNEL_OP, EVTCHNOP_ALLOC_UNBOUND, &mut arg as *mut AllocUnbound as usize, 0, 0, 0)
+        hypercall(
+            hc::EVENT_CHANNEL_OP,
+            EVTCHNOP_ALLOC_UNBOUND,
+            &mut arg as *mut AllocUnbound as usize,
+            0,
+            0,
+            0,
+        )
     })?;
     Ok(arg.port)
 }
@@ -168,6 +234,15 @@ pub fn evtchn_close(port: u32) -> Result<(), XenError> {
     const EVTCHNOP_CLOSE: usize = 3;
     let arg = port;
     // SAFETY: `struct evtchn_close` is a single u32 that lives on the stack.
-    check(unsafe { hypercall(hc::EVENT_CHANNEL_OP, EVTCHNOP_CLOSE, &arg as *const u32 as usize, 0, 0, 0) })
-        .map(|_| ())
+    check(unsafe {
+        hypercall(
+            hc::EVENT_CHANNEL_OP,
+            EVTCHNOP_CLOSE,
+            &arg as *const u32 as usize,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(|_| ())
 }

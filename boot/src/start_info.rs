@@ -78,10 +78,21 @@ impl BootInfo {
         let console = if dom0 || si.console.word0 == 0 {
             ConsoleKind::Hypervisor
         } else {
-            ConsoleKind::Ring { mfn: si.console.word0, evtchn: si.console.evtchn }
+            ConsoleKind::Ring {
+                mfn: si.console.word0,
+                evtchn: si.console.evtchn,
+            }
         };
-        let store = if dom0 || si.store_mfn == 0 { None } else { Some((si.store_mfn, si.store_evtchn)) };
-        let cmd_line_len = si.cmd_line.iter().position(|&b| b == 0).unwrap_or(si.cmd_line.len());
+        let store = if dom0 || si.store_mfn == 0 {
+            None
+        } else {
+            Some((si.store_mfn, si.store_evtchn))
+        };
+        let cmd_line_len = si
+            .cmd_line
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(si.cmd_line.len());
         Ok(BootInfo {
             magic: si.magic,
             nr_pages: si.nr_pages,
@@ -105,7 +116,11 @@ impl BootInfo {
 
     /// The magic string, e.g. "xen-3.0-x86_64".
     pub fn magic_str(&self) -> &str {
-        let n = self.magic.iter().position(|&b| b == 0).unwrap_or(self.magic.len());
+        let n = self
+            .magic
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.magic.len());
         core::str::from_utf8(&self.magic[..n]).unwrap_or("?")
     }
 
@@ -119,7 +134,8 @@ impl BootInfo {
     /// boot virtual address is `pfn << 12`.
     pub fn first_free_pfn(&self) -> u64 {
         let pt_end = (self.pt_base >> abi::PAGE_SHIFT) + self.nr_pt_frames;
-        let p2m_end = (self.mfn_list + self.nr_pages * 8 + abi::PAGE_SIZE as u64 - 1) >> abi::PAGE_SHIFT;
+        let p2m_end =
+            (self.mfn_list + self.nr_pages * 8 + abi::PAGE_SIZE as u64 - 1) >> abi::PAGE_SHIFT;
         let si_end = (self.start_info_va >> abi::PAGE_SHIFT) + 1;
         pt_end.max(p2m_end).max(si_end)
     }
@@ -152,7 +168,13 @@ mod tests {
         assert!(!bi.is_dom0());
         assert_eq!(bi.magic_str(), "xen-3.0-x86_64");
         assert_eq!(bi.store, Some((0x4242, 1)));
-        assert_eq!(bi.console, ConsoleKind::Ring { mfn: 0x4243, evtchn: 2 });
+        assert_eq!(
+            bi.console,
+            ConsoleKind::Ring {
+                mfn: 0x4243,
+                evtchn: 2
+            }
+        );
         assert_eq!(bi.cmd_line_str(), "quiet");
         // pt_base pfn 0x500 + 6 frames
         assert_eq!(bi.first_free_pfn(), 0x506);
@@ -172,13 +194,22 @@ mod tests {
     fn rejects_garbage() {
         let mut si = sample();
         si.magic[0] = b'y';
-        assert_eq!(BootInfo::parse(&si, 0).unwrap_err(), StartInfoError::BadMagic);
+        assert_eq!(
+            BootInfo::parse(&si, 0).unwrap_err(),
+            StartInfoError::BadMagic
+        );
         let mut si = sample();
         si.nr_pages = 0;
-        assert_eq!(BootInfo::parse(&si, 0).unwrap_err(), StartInfoError::BadPageCount);
+        assert_eq!(
+            BootInfo::parse(&si, 0).unwrap_err(),
+            StartInfoError::BadPageCount
+        );
         let mut si = sample();
         si.pt_base += 8;
-        assert_eq!(BootInfo::parse(&si, 0).unwrap_err(), StartInfoError::BadLayout);
+        assert_eq!(
+            BootInfo::parse(&si, 0).unwrap_err(),
+            StartInfoError::BadLayout
+        );
     }
 
     #[test]

@@ -31,9 +31,16 @@ pub struct StartOptions {
 }
 
 fn xl(args: &[&str]) -> Result<String> {
-    let out = Command::new("xl").args(args).output().context("running xl")?;
+    let out = Command::new("xl")
+        .args(args)
+        .output()
+        .context("running xl")?;
     if !out.status.success() {
-        bail!("xl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "xl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -41,7 +48,9 @@ fn xl(args: &[&str]) -> Result<String> {
 /// The domain id of a running domain, by name.
 pub fn domid(name: &str) -> Result<u32> {
     let out = xl(&["domid", name]).with_context(|| format!("no domain {name}"))?;
-    out.trim().parse().with_context(|| format!("xl domid printed {out:?}"))
+    out.trim()
+        .parse()
+        .with_context(|| format!("xl domid printed {out:?}"))
 }
 
 fn xl_config(o: &StartOptions) -> String {
@@ -72,20 +81,37 @@ pub fn start(o: &StartOptions) -> Result<()> {
     xs.restrict(&format!("{base}/config/keys"), 0, id)?;
     xs.write(&format!("{base}/status"), "")?;
     xs.restrict(&format!("{base}/status"), id, 0)?;
-    let nodes: Vec<(String, String)> = o.config.iter().map(|(k, v)| (format!("{base}/config/{k}"), v.clone())).collect();
+    let nodes: Vec<(String, String)> = o
+        .config
+        .iter()
+        .map(|(k, v)| (format!("{base}/config/{k}"), v.clone()))
+        .collect();
     xs.write_all(&nodes)?;
     xl(&["unpause", &o.name])?;
-    println!("appliance {} started as domain {id} ({} MiB)", o.name, o.memory_mib);
+    println!(
+        "appliance {} started as domain {id} ({} MiB)",
+        o.name, o.memory_mib
+    );
     let t0 = Instant::now();
     loop {
         let state = xs.read(&format!("{base}/status/state"))?;
         match state.as_deref() {
             Some("ready") | Some("misconfigured") => {
-                println!("appliance {} reported {} after {:.2}s", o.name, state.unwrap_or_default(), t0.elapsed().as_secs_f64());
+                println!(
+                    "appliance {} reported {} after {:.2}s",
+                    o.name,
+                    state.unwrap_or_default(),
+                    t0.elapsed().as_secs_f64()
+                );
                 return print_status(&xs, id);
             }
             _ if t0.elapsed() > o.wait => {
-                bail!("appliance {} did not report ready within {:?} (state {:?})", o.name, o.wait, state)
+                bail!(
+                    "appliance {} did not report ready within {:?} (state {:?})",
+                    o.name,
+                    o.wait,
+                    state
+                )
             }
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -100,7 +126,10 @@ pub fn print_status(xs: &Xenstore, id: u32) -> Result<()> {
         println!("status: (nothing reported yet)");
     }
     for k in keys {
-        println!("status/{k}: {}", xs.read(&format!("{dir}/{k}"))?.unwrap_or_default());
+        println!(
+            "status/{k}: {}",
+            xs.read(&format!("{dir}/{k}"))?.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -119,7 +148,10 @@ pub fn stop(name: &str, wait: Duration) -> Result<()> {
     let t0 = Instant::now();
     while t0.elapsed() < wait {
         if domid(name).map(|d| d != id).unwrap_or(true) {
-            println!("appliance {name} (domain {id}) shut down cleanly in {:.2}s", t0.elapsed().as_secs_f64());
+            println!(
+                "appliance {name} (domain {id}) shut down cleanly in {:.2}s",
+                t0.elapsed().as_secs_f64()
+            );
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -141,11 +173,13 @@ pub struct CommittedImage {
 pub fn parse_frame_list(text: &str) -> Result<Vec<u64>> {
     text.split([',', ' ', '\n'])
         .filter(|s| !s.is_empty())
-        .map(|s| match s.strip_prefix("0x") {
-            Some(h) => u64::from_str_radix(h, 16),
-            None => s.parse(),
-        }
-        .with_context(|| format!("bad frame number {s:?} in the page directory")))
+        .map(|s| {
+            match s.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => s.parse(),
+            }
+            .with_context(|| format!("bad frame number {s:?} in the page directory"))
+        })
         .collect()
 }
 
@@ -171,24 +205,34 @@ impl<'a> CommittedFrames<'a> {
     /// the directory is read.
     pub fn locate(xs: &Xenstore, fm: &'a ForeignMemory, app: u32, vm: &str) -> Result<Self> {
         let base = format!("/local/domain/{app}/resilire/status/vms/{vm}");
-        let get = |k: &str| -> Result<String> { Ok(xs.read(&format!("{base}/{k}"))?.unwrap_or_default()) };
+        let get = |k: &str| -> Result<String> {
+            Ok(xs.read(&format!("{base}/{k}"))?.unwrap_or_default())
+        };
         for _ in 0..10 {
             let epoch = get("committed_epoch")?;
             let dir = get("pagedir")?;
             let pages = get("pages")?;
             if epoch.trim().is_empty() || dir.trim().is_empty() {
-                bail!("appliance domain {app} {NOTHING_COMMITTED} of VM {vm} (state: {})", get("state")?);
+                bail!(
+                    "appliance domain {app} {NOTHING_COMMITTED} of VM {vm} (state: {})",
+                    get("state")?
+                );
             }
             let pages: usize = pages.trim().parse().context("pages")?;
             let epoch: u64 = epoch.trim().parse().context("committed_epoch")?;
             let dir_frames = parse_frame_list(&dir)?;
             if dir_frames.len() != pages.div_ceil(512) {
-                bail!("page directory has {} frames for {pages} pages", dir_frames.len());
+                bail!(
+                    "page directory has {} frames for {pages} pages",
+                    dir_frames.len()
+                );
             }
             let map = fm.map(app, &dir_frames)?;
             let mut frames = Vec::with_capacity(pages);
             for i in 0..dir_frames.len() {
-                let page = map.page(i).with_context(|| format!("directory frame {:#x} does not map", dir_frames[i]))?;
+                let page = map.page(i).with_context(|| {
+                    format!("directory frame {:#x} does not map", dir_frames[i])
+                })?;
                 for e in page.chunks_exact(8).take(pages - frames.len()) {
                     frames.push(u64::from_le_bytes(e.try_into().expect("8 bytes")));
                 }
@@ -196,7 +240,12 @@ impl<'a> CommittedFrames<'a> {
             // The appliance frees a directory after publishing the next one:
             // what was read counts only if it is still the published one.
             if get("pagedir")? == dir {
-                return Ok(CommittedFrames { fm, app, epoch, frames });
+                return Ok(CommittedFrames {
+                    fm,
+                    app,
+                    epoch,
+                    frames,
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -216,20 +265,33 @@ impl<'a> CommittedFrames<'a> {
             bytes.extend_from_slice(p);
             Ok(())
         })?;
-        Ok(CommittedImage { epoch: self.epoch, bytes })
+        Ok(CommittedImage {
+            epoch: self.epoch,
+            bytes,
+        })
     }
 
     /// Maps the pages of `slots` (1024 at a time) and hands each to `f` in
     /// order.
-    pub fn copy_slots(&self, slots: &[u64], f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+    pub fn copy_slots(
+        &self,
+        slots: &[u64],
+        f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
         for batch in slots.chunks(1024) {
             let frames: Vec<u64> = batch
                 .iter()
-                .map(|&s| self.frames.get(s as usize).copied().with_context(|| format!("slot {s} beyond the image")))
+                .map(|&s| {
+                    self.frames
+                        .get(s as usize)
+                        .copied()
+                        .with_context(|| format!("slot {s} beyond the image"))
+                })
                 .collect::<Result<_>>()?;
             let m = self.fm.map(self.app, &frames)?;
             for (i, fr) in frames.iter().enumerate() {
-                f(m.page(i).with_context(|| format!("image frame {fr:#x} does not map"))?)?;
+                f(m.page(i)
+                    .with_context(|| format!("image frame {fr:#x} does not map"))?)?;
             }
         }
         Ok(())
@@ -237,14 +299,23 @@ impl<'a> CommittedFrames<'a> {
 }
 
 impl crate::restore_stream::PageSource for CommittedFrames<'_> {
-    fn for_each_page(&mut self, slots: &[u64], f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+    fn for_each_page(
+        &mut self,
+        slots: &[u64],
+        f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
         self.copy_slots(slots, f)
     }
 }
 
 /// Reads VM `vm`'s committed image out of appliance domain `app` (see
 /// [`CommittedFrames`]).
-pub fn read_committed_image(xs: &Xenstore, fm: &ForeignMemory, app: u32, vm: &str) -> Result<CommittedImage> {
+pub fn read_committed_image(
+    xs: &Xenstore,
+    fm: &ForeignMemory,
+    app: u32,
+    vm: &str,
+) -> Result<CommittedImage> {
     CommittedFrames::locate(xs, fm, app, vm)?.read_all()
 }
 
@@ -252,7 +323,10 @@ pub fn read_committed_image(xs: &Xenstore, fm: &ForeignMemory, app: u32, vm: &st
 mod tests {
     #[test]
     fn frame_lists_parse_in_both_bases() {
-        assert_eq!(super::parse_frame_list("12,0x1f 7").unwrap(), vec![12, 31, 7]);
+        assert_eq!(
+            super::parse_frame_list("12,0x1f 7").unwrap(),
+            vec![12, 31, 7]
+        );
         assert!(super::parse_frame_list("12,zz").is_err());
     }
 

@@ -94,7 +94,12 @@ pub struct Checkpointer<'a> {
 impl<'a> Checkpointer<'a> {
     /// Turns on log-dirty and copies the whole memory while the guest runs
     /// (the first pre-copy round); the first epoch then makes it consistent.
-    pub fn start(xc: &'a XenCtrl, fm: &'a ForeignMemory, xs: &'a Xenstore, domid: u32) -> Result<Self> {
+    pub fn start(
+        xc: &'a XenCtrl,
+        fm: &'a ForeignMemory,
+        xs: &'a Xenstore,
+        domid: u32,
+    ) -> Result<Self> {
         let info: DomainInfo = xc.domain(domid)?;
         if !info.hvm {
             bail!("domain {domid} is PV: checkpoints need a PVH or HVM guest (log-dirty on PV is not built in this Xen)");
@@ -129,7 +134,8 @@ impl<'a> Checkpointer<'a> {
         };
         cp.discover(total)?;
         cp.state.layout = cp.layout.clone();
-        cp.image.resize(cp.image.len() + vmstate::trailer_bytes(), 0);
+        cp.image
+            .resize(cp.image.len() + vmstate::trailer_bytes(), 0);
         Ok(cp)
     }
 
@@ -193,11 +199,12 @@ impl<'a> Checkpointer<'a> {
         for batch in pfns.chunks(MAP_BATCH) {
             let m = self.fm.map(self.domid, batch)?;
             for (i, &pfn) in batch.iter().enumerate() {
-                let slot = *self
-                    .slot
-                    .get(&pfn)
-                    .with_context(|| format!("frame {pfn:#x} was not populated when protection started"))?;
-                let src = m.page(i).with_context(|| format!("frame {pfn:#x} no longer maps (ballooned out?)"))?;
+                let slot = *self.slot.get(&pfn).with_context(|| {
+                    format!("frame {pfn:#x} was not populated when protection started")
+                })?;
+                let src = m
+                    .page(i)
+                    .with_context(|| format!("frame {pfn:#x} no longer maps (ballooned out?)"))?;
                 self.image[slot * PAGE..(slot + 1) * PAGE].copy_from_slice(src);
                 slots.push(slot as u64);
             }
@@ -214,14 +221,21 @@ impl<'a> Checkpointer<'a> {
 
     /// Asks the guest to suspend and waits until it has.
     fn suspend(&self) -> Result<()> {
-        self.xs.write(&format!("/local/domain/{}/control/shutdown", self.domid), "suspend")?;
+        self.xs.write(
+            &format!("/local/domain/{}/control/shutdown", self.domid),
+            "suspend",
+        )?;
         let t0 = Instant::now();
         loop {
             if self.xc.is_suspended(self.domid)? {
                 return Ok(());
             }
             if t0.elapsed() > SUSPEND_TIMEOUT {
-                bail!("domain {} did not suspend within {:?}", self.domid, SUSPEND_TIMEOUT);
+                bail!(
+                    "domain {} did not suspend within {:?}",
+                    self.domid,
+                    SUSPEND_TIMEOUT
+                );
             }
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -263,7 +277,10 @@ impl<'a> Checkpointer<'a> {
         };
         // Resume whatever happened above: a guest left suspended is down.
         let t_resume = Instant::now();
-        let resumed = self.xc.resume(self.domid, true).and_then(|_| self.xs.resume_domain(self.domid));
+        let resumed = self
+            .xc
+            .resume(self.domid, true)
+            .and_then(|_| self.xs.resume_domain(self.domid));
         let t3 = Instant::now();
         let (dirty, mut dirty_slots) = copied?;
         let hvm_context = context?;
@@ -276,7 +293,11 @@ impl<'a> Checkpointer<'a> {
             dirty,
             dirty_slots,
             hvm_context,
-            pause: Pause { suspend: t1 - t0, copy: t2 - t1, resume: (t_state - t2) + (t3 - t_resume) },
+            pause: Pause {
+                suspend: t1 - t0,
+                copy: t2 - t1,
+                resume: (t_state - t2) + (t3 - t_resume),
+            },
         })
     }
 
@@ -337,7 +358,9 @@ impl<'a> Checkpointer<'a> {
         for (b, batch) in pfns.chunks(MAP_BATCH).enumerate() {
             let m = self.fm.map(self.domid, batch)?;
             for (i, pfn) in batch.iter().enumerate() {
-                let live = m.page(i).with_context(|| format!("frame {pfn:#x} no longer maps"))?;
+                let live = m
+                    .page(i)
+                    .with_context(|| format!("frame {pfn:#x} no longer maps"))?;
                 let slot = b * MAP_BATCH + i;
                 let held = &self.image[slot * PAGE..(slot + 1) * PAGE];
                 if live != held {
@@ -350,7 +373,11 @@ impl<'a> Checkpointer<'a> {
             return Ok((pfns.len(), 0));
         }
         let logged: std::collections::BTreeSet<u64> = self.log_dirty.peek()?.pfns().collect();
-        let unlogged: Vec<(u64, usize)> = differ.iter().copied().filter(|(p, _)| !logged.contains(p)).collect();
+        let unlogged: Vec<(u64, usize)> = differ
+            .iter()
+            .copied()
+            .filter(|(p, _)| !logged.contains(p))
+            .collect();
         // Xen writes each vCPU's time info (the pvclock in the vcpu_info the
         // guest registered) directly, without log-dirty, at every resume: a
         // few bytes of one frame per vCPU. A restore does not need them (the
@@ -383,11 +410,17 @@ impl Checkpointer<'_> {
     /// tolerated as in `compare_all`. Returns the pages compared.
     pub fn compare_remote(&mut self, remote: &[u8]) -> Result<usize> {
         if remote.len() != self.image.len() {
-            anyhow::bail!("the backup's image has {} bytes, the guest {}", remote.len(), self.image.len());
+            anyhow::bail!(
+                "the backup's image has {} bytes, the guest {}",
+                remote.len(),
+                self.image.len()
+            );
         }
         let trailer = self.layout.len() * PAGE;
         if remote[trailer..] != self.image[trailer..] {
-            anyhow::bail!("the backup's restore state differs from the one captured at this suspend point");
+            anyhow::bail!(
+                "the backup's restore state differs from the one captured at this suspend point"
+            );
         }
         let saved = std::mem::replace(&mut self.image, remote.to_vec());
         let r = self.compare_all();

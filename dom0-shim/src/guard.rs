@@ -160,7 +160,13 @@ impl Tracker {
     }
 
     /// Takes one observation and says what to do.
-    pub fn observe(&mut self, signs: Signs, now: Instant, missed: u32, min_silence: Duration) -> Call {
+    pub fn observe(
+        &mut self,
+        signs: Signs,
+        now: Instant,
+        missed: u32,
+        min_silence: Duration,
+    ) -> Call {
         if self.verdict == Verdict::Done {
             return Call::Wait;
         }
@@ -182,7 +188,10 @@ impl Tracker {
             self.changed_at = now;
             self.verdict = Verdict::Watching;
         }
-        let period = self.interval.unwrap_or(DEFAULT_INTERVAL).max(self.median_gap());
+        let period = self
+            .interval
+            .unwrap_or(DEFAULT_INTERVAL)
+            .max(self.median_gap());
         let silent = now - self.changed_at;
         let mut limit = (period * missed).max(min_silence);
         if !self.committed() {
@@ -243,7 +252,9 @@ pub fn run(o: &GuardOptions) -> Result<()> {
     let mut watched: BTreeMap<String, Tracker> = BTreeMap::new();
     loop {
         for vm in xs.directory(&vms_dir)? {
-            let get = |k: &str| -> Result<String> { Ok(xs.read(&format!("{vms_dir}/{vm}/{k}"))?.unwrap_or_default()) };
+            let get = |k: &str| -> Result<String> {
+                Ok(xs.read(&format!("{vms_dir}/{vm}/{k}"))?.unwrap_or_default())
+            };
             let signs = Signs {
                 bytes: get("bytes_received")?,
                 epoch: get("committed_epoch")?,
@@ -251,9 +262,13 @@ pub fn run(o: &GuardOptions) -> Result<()> {
                 state: get("state")?,
             };
             let now = Instant::now();
-            let w = watched.entry(vm.clone()).or_insert_with(|| Tracker::new(signs.clone(), now));
+            let w = watched
+                .entry(vm.clone())
+                .or_insert_with(|| Tracker::new(signs.clone(), now));
             if w.committed() && !w.has_interval() {
-                if let Ok(state) = CommittedFrames::locate(&xs, &fm, app, &vm).and_then(|f| resume::read_state(&f)) {
+                if let Ok(state) =
+                    CommittedFrames::locate(&xs, &fm, app, &vm).and_then(|f| resume::read_state(&f))
+                {
                     w.set_interval(Duration::from_millis(u64::from(state.interval_ms.max(1))));
                 }
             }
@@ -340,10 +355,16 @@ fn answers(host: &str) -> bool {
 
 /// Prints the failovers this host performed, one line each.
 pub fn print_status() -> Result<()> {
-    let Ok(dir) = std::fs::read_dir(FAILOVER_DIR) else { return Ok(()) };
+    let Ok(dir) = std::fs::read_dir(FAILOVER_DIR) else {
+        return Ok(());
+    };
     for e in dir.flatten() {
         let line = std::fs::read_to_string(e.path()).unwrap_or_default();
-        println!("failover {}: {}", e.file_name().to_string_lossy(), line.trim());
+        println!(
+            "failover {}: {}",
+            e.file_name().to_string_lossy(),
+            line.trim()
+        );
     }
     Ok(())
 }
@@ -353,7 +374,12 @@ mod tests {
     use super::*;
 
     fn signs(bytes: u32, epoch: &str) -> Signs {
-        Signs { bytes: bytes.to_string(), epoch: epoch.into(), heard: String::new(), state: "protected".into() }
+        Signs {
+            bytes: bytes.to_string(),
+            epoch: epoch.into(),
+            heard: String::new(),
+            state: "protected".into(),
+        }
     }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -364,13 +390,23 @@ mod tests {
         let mut t = Tracker::new(signs(0, ""), t0);
         t.set_interval(MS(200));
         for i in 1..=20u32 {
-            let call = t.observe(signs(i * 1000, &i.to_string()), t0 + MS(u64::from(i) * 200), 5, MS(1000));
+            let call = t.observe(
+                signs(i * 1000, &i.to_string()),
+                t0 + MS(u64::from(i) * 200),
+                5,
+                MS(1000),
+            );
             assert_eq!(call, Call::Wait, "epoch {i}");
         }
         let last = t0 + MS(4000);
-        assert_eq!(t.observe(signs(20_000, "20"), last + MS(999), 5, MS(1000)), Call::Wait);
+        assert_eq!(
+            t.observe(signs(20_000, "20"), last + MS(999), 5, MS(1000)),
+            Call::Wait
+        );
         match t.observe(signs(20_000, "20"), last + MS(1001), 5, MS(1000)) {
-            Call::Dead(silent, period) => assert!(silent >= MS(1000) && period == MS(200), "{period:?}"),
+            Call::Dead(silent, period) => {
+                assert!(silent >= MS(1000) && period == MS(200), "{period:?}")
+            }
             c => panic!("{c:?}"),
         }
     }
@@ -379,12 +415,25 @@ mod tests {
     fn silence_before_the_first_commit_is_reported_once_and_never_resumed() {
         let t0 = Instant::now();
         let mut t = Tracker::new(signs(5, ""), t0);
-        assert_eq!(t.observe(signs(5, ""), t0 + MS(2000), 5, MS(1000)), Call::Wait, "a sync has gaps");
-        assert_eq!(t.observe(signs(5, ""), t0 + SYNC_SILENCE, 5, MS(1000)), Call::SilentWithoutEpoch(SYNC_SILENCE));
+        assert_eq!(
+            t.observe(signs(5, ""), t0 + MS(2000), 5, MS(1000)),
+            Call::Wait,
+            "a sync has gaps"
+        );
+        assert_eq!(
+            t.observe(signs(5, ""), t0 + SYNC_SILENCE, 5, MS(1000)),
+            Call::SilentWithoutEpoch(SYNC_SILENCE)
+        );
         t.no_epoch();
-        assert_eq!(t.observe(signs(5, ""), t0 + MS(30_000), 5, MS(1000)), Call::Wait);
+        assert_eq!(
+            t.observe(signs(5, ""), t0 + MS(30_000), 5, MS(1000)),
+            Call::Wait
+        );
         // A returning primary is noticed.
-        assert_eq!(t.observe(signs(6, ""), t0 + MS(30_100), 5, MS(1000)), Call::HeardAgain);
+        assert_eq!(
+            t.observe(signs(6, ""), t0 + MS(30_100), 5, MS(1000)),
+            Call::HeardAgain
+        );
     }
 
     #[test]
@@ -394,11 +443,25 @@ mod tests {
         t.set_interval(MS(100));
         // Epochs every 800 ms although the interval says 100 ms.
         for i in 1..=10u64 {
-            assert_eq!(t.observe(signs(i as u32, &(i + 1).to_string()), t0 + MS(i * 800), 5, MS(500)), Call::Wait);
+            assert_eq!(
+                t.observe(
+                    signs(i as u32, &(i + 1).to_string()),
+                    t0 + MS(i * 800),
+                    5,
+                    MS(500)
+                ),
+                Call::Wait
+            );
         }
         // 2 s of silence: 5 intervals of 100 ms, but not 5 periods of ~800 ms.
-        assert_eq!(t.observe(signs(10, "11"), t0 + MS(8000 + 2000), 5, MS(500)), Call::Wait);
-        assert!(matches!(t.observe(signs(10, "11"), t0 + MS(8000 + 4500), 5, MS(500)), Call::Dead(..)));
+        assert_eq!(
+            t.observe(signs(10, "11"), t0 + MS(8000 + 2000), 5, MS(500)),
+            Call::Wait
+        );
+        assert!(matches!(
+            t.observe(signs(10, "11"), t0 + MS(8000 + 4500), 5, MS(500)),
+            Call::Dead(..)
+        ));
     }
 
     #[test]
@@ -410,22 +473,40 @@ mod tests {
         assert_eq!(t.observe(signs(1, "2"), t0 + at, 5, MS(1000)), Call::Wait);
         for i in 3..12u32 {
             at += MS(200);
-            assert_eq!(t.observe(signs(i, &i.to_string()), t0 + at, 5, MS(1000)), Call::Wait);
+            assert_eq!(
+                t.observe(signs(i, &i.to_string()), t0 + at, 5, MS(1000)),
+                Call::Wait
+            );
         }
-        assert!(matches!(t.observe(signs(11, "11"), t0 + at + MS(1001), 5, MS(1000)), Call::Dead(..)));
+        assert!(matches!(
+            t.observe(signs(11, "11"), t0 + at + MS(1001), 5, MS(1000)),
+            Call::Dead(..)
+        ));
     }
 
     #[test]
     fn after_a_takeover_or_a_live_host_the_guard_stays_quiet() {
         let t0 = Instant::now();
         let mut t = Tracker::new(signs(1, "3"), t0);
-        assert!(matches!(t.observe(signs(1, "3"), t0 + MS(5000), 5, MS(1000)), Call::Dead(..)));
+        assert!(matches!(
+            t.observe(signs(1, "3"), t0 + MS(5000), 5, MS(1000)),
+            Call::Dead(..)
+        ));
         assert!(t.primary_alive(t0 + MS(5000)));
-        assert_eq!(t.observe(signs(1, "3"), t0 + MS(9000), 5, MS(1000)), Call::Wait);
+        assert_eq!(
+            t.observe(signs(1, "3"), t0 + MS(9000), 5, MS(1000)),
+            Call::Wait
+        );
         // Asked again after RECHECK: the host may be gone by now.
-        assert!(matches!(t.observe(signs(1, "3"), t0 + MS(10_001), 5, MS(1000)), Call::Dead(..)));
+        assert!(matches!(
+            t.observe(signs(1, "3"), t0 + MS(10_001), 5, MS(1000)),
+            Call::Dead(..)
+        ));
         assert!(!t.primary_alive(t0 + MS(10_001)), "reported once");
         t.done();
-        assert_eq!(t.observe(signs(2, "4"), t0 + MS(9500), 5, MS(1000)), Call::Wait);
+        assert_eq!(
+            t.observe(signs(2, "4"), t0 + MS(9500), 5, MS(1000)),
+            Call::Wait
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! Today: domain listing and live dirty-page rates through log-dirty. The
 //! protect/resume pipeline and the appliance commands build on these.
 
-use resilire_shim::{appliance, checkpoint, guard, netbench, probe, protect, resume, ship, xen, xenstore};
+use resilire_shim::{
+    appliance, checkpoint, guard, netbench, probe, protect, resume, ship, xen, xenstore,
+};
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -69,7 +71,9 @@ fn run() -> Result<()> {
         Some("read-image") => cmd_read_image(&args[1..]),
         Some("resume") => cmd_resume(&args[1..]),
         Some("guard") => guard::run(&guard::GuardOptions {
-            appliance: opt(&args[1..], "--appliance").unwrap_or("resilire-appliance").to_string(),
+            appliance: opt(&args[1..], "--appliance")
+                .unwrap_or("resilire-appliance")
+                .to_string(),
             missed: flag(&args[1..], "--missed", 5)? as u32,
             min_silence: Duration::from_millis(flag(&args[1..], "--min-silence-ms", 1000)?),
             poll: Duration::from_millis(50),
@@ -98,12 +102,16 @@ fn resolve_domain(xc: &xen::XenCtrl, spec: &str) -> Result<u32> {
     if let Ok(id) = spec.parse::<u32>() {
         return Ok(id);
     }
-    resume::domain_named(xc, &xenstore::Xenstore::open()?, spec)?.with_context(|| format!("no domain named {spec}"))
+    resume::domain_named(xc, &xenstore::Xenstore::open()?, spec)?
+        .with_context(|| format!("no domain named {spec}"))
 }
 
 fn cmd_domains() -> Result<()> {
     let xc = xen::XenCtrl::open()?;
-    println!("{:>5} {:>10} {:>10} {:5} {:4} state", "domid", "pages", "max", "kind", "hap");
+    println!(
+        "{:>5} {:>10} {:>10} {:5} {:4} state",
+        "domid", "pages", "max", "kind", "hap"
+    );
     for d in xc.domains()? {
         let state = match (d.dying, d.shutdown, d.paused) {
             (true, _, _) => "dying".to_string(),
@@ -112,14 +120,21 @@ fn cmd_domains() -> Result<()> {
             _ => "running".to_string(),
         };
         let kind = if d.hvm { "hvm" } else { "pv" };
-        println!("{:>5} {:>10} {:>10} {:5} {:4} {state}", d.domid, d.tot_pages, d.max_pages, kind, d.hap);
+        println!(
+            "{:>5} {:>10} {:>10} {:5} {:4} {state}",
+            d.domid, d.tot_pages, d.max_pages, kind, d.hap
+        );
     }
     Ok(())
 }
 
 fn flag(args: &[String], name: &str, default: u64) -> Result<u64> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string()),
+        Some(i) => args
+            .get(i + 1)
+            .with_context(|| format!("{name} needs a value"))?
+            .parse()
+            .with_context(|| name.to_string()),
         None => Ok(default),
     }
 }
@@ -133,7 +148,11 @@ fn cmd_dirty(args: &[String]) -> Result<()> {
     let mut ld = xc.log_dirty(domid)?;
     // The first clean returns everything (all pages start dirty): discard it.
     let first = ld.clean()?;
-    println!("dirty: domain {domid}, {} frames, log-dirty on ({} dirty at start)", ld.pages(), first.count());
+    println!(
+        "dirty: domain {domid}, {} frames, log-dirty on ({} dirty at start)",
+        ld.pages(),
+        first.count()
+    );
     let mut total = 0u64;
     for i in 1..=count {
         let t0 = Instant::now();
@@ -153,41 +172,75 @@ fn cmd_dirty(args: &[String]) -> Result<()> {
 }
 
 fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn cmd_appliance(args: &[String]) -> Result<()> {
-    let name = opt(args, "--name").unwrap_or("resilire-appliance").to_string();
+    let name = opt(args, "--name")
+        .unwrap_or("resilire-appliance")
+        .to_string();
     let wait = Duration::from_secs(flag(args, "--wait", 60)?);
     match args.first().map(String::as_str) {
         Some("start") => {
             let ip = opt(args, "--ip").context("--ip A.B.C.D/PREFIX is required")?;
-            let (addr, prefix) = ip.split_once('/').context("--ip needs a prefix: A.B.C.D/P")?;
+            let (addr, prefix) = ip
+                .split_once('/')
+                .context("--ip needs a prefix: A.B.C.D/P")?;
             let mut config = vec![
                 ("ipv4-address".to_string(), addr.to_string()),
                 ("ipv4-prefix".to_string(), prefix.to_string()),
-                ("ipv4-gateway".to_string(), opt(args, "--gateway").unwrap_or("none").to_string()),
-                ("tcp-port".to_string(), opt(args, "--port").unwrap_or("7780").to_string()),
-                ("log-level".to_string(), opt(args, "--log-level").unwrap_or("info").to_string()),
+                (
+                    "ipv4-gateway".to_string(),
+                    opt(args, "--gateway").unwrap_or("none").to_string(),
+                ),
+                (
+                    "tcp-port".to_string(),
+                    opt(args, "--port").unwrap_or("7780").to_string(),
+                ),
+                (
+                    "log-level".to_string(),
+                    opt(args, "--log-level").unwrap_or("info").to_string(),
+                ),
             ];
             let memory_mib = flag(args, "--memory", 64)? as u32;
             // Default budget: what is left after the appliance's own needs.
-            let budget = flag(args, "--budget", u64::from(memory_mib.saturating_sub(16).max(1)))?;
+            let budget = flag(
+                args,
+                "--budget",
+                u64::from(memory_mib.saturating_sub(16).max(1)),
+            )?;
             config.push(("memory-budget-mib".to_string(), budget.to_string()));
             for (i, a) in args.iter().enumerate() {
                 if a == "--key" {
-                    let spec = args.get(i + 1).context("--key needs VMID=HEX64 or VMID=@FILE")?;
-                    let (vm, key) = spec.split_once('=').context("--key needs VMID=HEX64 or VMID=@FILE")?;
+                    let spec = args
+                        .get(i + 1)
+                        .context("--key needs VMID=HEX64 or VMID=@FILE")?;
+                    let (vm, key) = spec
+                        .split_once('=')
+                        .context("--key needs VMID=HEX64 or VMID=@FILE")?;
                     let key = match key.strip_prefix('@') {
-                        Some(file) => std::fs::read_to_string(file).with_context(|| format!("reading key file {file}"))?,
+                        Some(file) => std::fs::read_to_string(file)
+                            .with_context(|| format!("reading key file {file}"))?,
                         None => key.to_string(),
                     };
                     config.push((format!("keys/{vm}"), key.trim().to_string()));
                 }
             }
-            let kernel = opt(args, "--kernel").unwrap_or(appliance::DEFAULT_KERNEL).to_string();
+            let kernel = opt(args, "--kernel")
+                .unwrap_or(appliance::DEFAULT_KERNEL)
+                .to_string();
             let bridge = opt(args, "--bridge").unwrap_or("xenbr0").to_string();
-            appliance::start(&appliance::StartOptions { name, kernel, memory_mib, bridge, config, wait })
+            appliance::start(&appliance::StartOptions {
+                name,
+                kernel,
+                memory_mib,
+                bridge,
+                config,
+                wait,
+            })
         }
         Some("status") => appliance::status(&name),
         Some("stop") => appliance::stop(&name, wait),
@@ -206,7 +259,11 @@ fn cmd_checkpoint(args: &[String]) -> Result<()> {
     let domid = resolve_domain(&xc, spec)?;
     let t0 = Instant::now();
     let mut cp = checkpoint::Checkpointer::start(&xc, &fm, &xs, domid)?;
-    println!("checkpoint: domain {domid}: {} pages copied live in {:.2}s", cp.pages(), t0.elapsed().as_secs_f64());
+    println!(
+        "checkpoint: domain {domid}: {} pages copied live in {:.2}s",
+        cp.pages(),
+        t0.elapsed().as_secs_f64()
+    );
     let mut pauses = Vec::new();
     let mut dirty_total = 0usize;
     for _ in 0..epochs {
@@ -242,9 +299,20 @@ fn cmd_checkpoint(args: &[String]) -> Result<()> {
         // `xl restore` from, here from dom0's own copy.
         let state = cp.restore_state();
         let order = resilire_shim::restore_stream::restore_order(state, true);
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {path}"))?);
-        let n = resilire_shim::restore_stream::write_save_file(&mut f, state, xc.version()?, &order, &mut cp.image())?;
-        println!("checkpoint: epoch {} written as an xl save file: {path} ({n} bytes)", state.epoch);
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {path}"))?,
+        );
+        let n = resilire_shim::restore_stream::write_save_file(
+            &mut f,
+            state,
+            xc.version()?,
+            &order,
+            &mut cp.image(),
+        )?;
+        println!(
+            "checkpoint: epoch {} written as an xl save file: {path} ({n} bytes)",
+            state.epoch
+        );
     }
     Ok(())
 }
@@ -274,10 +342,15 @@ fn image_files(dir: &str) -> Result<(Vec<std::path::PathBuf>, usize)> {
         .filter(|p| p.is_file())
         .collect();
     files.sort();
-    let first = files.first().with_context(|| format!("{dir} holds no images"))?;
+    let first = files
+        .first()
+        .with_context(|| format!("{dir} holds no images"))?;
     let size = std::fs::metadata(first)?.len() as usize;
     if size == 0 || size % checkpoint::PAGE != 0 {
-        bail!("{}: size {size} is not a whole number of pages", first.display());
+        bail!(
+            "{}: size {size} is not a whole number of pages",
+            first.display()
+        );
     }
     for f in &files {
         if std::fs::metadata(f)?.len() as usize != size {
@@ -321,11 +394,17 @@ fn cmd_send_images(args: &[String]) -> Result<()> {
     let (mut raw, mut wire) = (0u64, 0u64);
     // All images are read before the clock starts: the figure is shipping
     // and committing, not disk reads.
-    let images: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<std::io::Result<_>>()?;
+    let images: Vec<Vec<u8>> = files
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<_>>()?;
     let t0 = Instant::now();
     for (f, img) in files.iter().zip(images) {
         let dirty: Vec<u64> = (0..pages as usize)
-            .filter(|&p| img[p * checkpoint::PAGE..(p + 1) * checkpoint::PAGE] != prev[p * checkpoint::PAGE..(p + 1) * checkpoint::PAGE])
+            .filter(|&p| {
+                img[p * checkpoint::PAGE..(p + 1) * checkpoint::PAGE]
+                    != prev[p * checkpoint::PAGE..(p + 1) * checkpoint::PAGE]
+            })
             .map(|p| p as u64)
             .collect();
         let epoch = sh.next_epoch();
@@ -356,7 +435,9 @@ fn cmd_send_images(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--verify-read") {
         let got = sh.read_image(pages, resilire_proto::MAX_READ_PAGES)?;
         let page = checkpoint::PAGE;
-        if let Some(p) = (0..pages as usize).find(|&p| got[p * page..(p + 1) * page] != prev[p * page..(p + 1) * page]) {
+        if let Some(p) = (0..pages as usize)
+            .find(|&p| got[p * page..(p + 1) * page] != prev[p * page..(p + 1) * page])
+        {
             bail!("read back: page {p} differs from the last image");
         }
         println!("send-images: read back {pages} pages through READ: equal to the last image byte for byte");
@@ -399,10 +480,15 @@ fn order_is_hot(args: &[String]) -> Result<bool> {
 }
 
 fn cmd_resume(args: &[String]) -> Result<()> {
-    let vm = args.first().filter(|a| !a.starts_with("--")).context("resume needs the VM's name")?;
+    let vm = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .context("resume needs the VM's name")?;
     let o = resume::ResumeOptions {
         vm: vm.clone(),
-        appliance: opt(args, "--appliance").unwrap_or("resilire-appliance").to_string(),
+        appliance: opt(args, "--appliance")
+            .unwrap_or("resilire-appliance")
+            .to_string(),
         hot_first: order_is_hot(args)?,
         paused: args.iter().any(|a| a == "--paused"),
     };
@@ -422,10 +508,15 @@ fn cmd_protect(args: &[String]) -> Result<()> {
     let o = protect::ProtectOptions {
         domid,
         name,
-        backup: opt(args, "--backup").context("--backup IP:PORT is required")?.to_string(),
+        backup: opt(args, "--backup")
+            .context("--backup IP:PORT is required")?
+            .to_string(),
         key: parse_key(opt(args, "--key").context("--key is required")?)?,
         interval: Duration::from_millis(flag(args, "--interval", 200)?),
-        epochs: opt(args, "--epochs").map(str::parse).transpose().context("--epochs")?,
+        epochs: opt(args, "--epochs")
+            .map(str::parse)
+            .transpose()
+            .context("--epochs")?,
         block_size: flag(args, "--block-size", 64)? as usize,
         final_check: args.iter().any(|a| a == "--final-check"),
         output_commit: !args.iter().any(|a| a == "--no-output-commit"),
@@ -436,12 +527,25 @@ fn cmd_protect(args: &[String]) -> Result<()> {
 
 fn cmd_probe(args: &[String]) -> Result<()> {
     let what = args.first().context("probe-appliance needs a probe name")?;
-    let to = opt(args, "--to").context("--to IP:PORT is required")?.to_string();
+    let to = opt(args, "--to")
+        .context("--to IP:PORT is required")?
+        .to_string();
     let key = parse_key(opt(args, "--key").context("--key is required")?)?;
     let pages = flag(args, "--pages", 4096)?;
-    let names: Vec<String> = opt(args, "--vm").context("--vm is required")?.split(',').map(str::to_string).collect();
-    let targets: Vec<probe::Target> =
-        names.iter().map(|n| probe::Target { addr: to.clone(), name: n.clone(), key, pages }).collect();
+    let names: Vec<String> = opt(args, "--vm")
+        .context("--vm is required")?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let targets: Vec<probe::Target> = names
+        .iter()
+        .map(|n| probe::Target {
+            addr: to.clone(),
+            name: n.clone(),
+            key,
+            pages,
+        })
+        .collect();
     let t = &targets[0];
     match what.as_str() {
         "forged" => probe::forged(t),
@@ -449,7 +553,11 @@ fn cmd_probe(args: &[String]) -> Result<()> {
         "malformed" => probe::malformed(t),
         "too-big" => probe::too_big(t),
         "hold" => probe::hold(&targets, flag(args, "--hold", 5)?),
-        "cut" => probe::cut(t, opt(args, "--image").context("--image is required")?, flag(args, "--chunks", 2)? as usize),
+        "cut" => probe::cut(
+            t,
+            opt(args, "--image").context("--image is required")?,
+            flag(args, "--chunks", 2)? as usize,
+        ),
         "throughput" => {
             // Images: the arguments that are not options or option values.
             let mut images = Vec::new();

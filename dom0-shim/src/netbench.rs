@@ -31,9 +31,12 @@ pub fn sink(port: u16) -> Result<()> {
 /// Sends `mib` MiB to `addr` and returns MiB/s, counted until the sink
 /// confirms it has read everything.
 pub fn blast(addr: &str, mib: u64) -> Result<f64> {
-    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not ip:port"))?;
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr} is not ip:port"))?;
     // Bounded waits: a peer that is not up yet fails fast, so callers can retry.
-    let mut c = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+    let mut c = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
     c.set_nodelay(true)?;
     c.set_read_timeout(Some(Duration::from_secs(60)))?;
     c.set_write_timeout(Some(Duration::from_secs(60)))?;
@@ -44,6 +47,7 @@ pub fn blast(addr: &str, mib: u64) -> Result<f64> {
     }
     c.shutdown(std::net::Shutdown::Write)?;
     let mut done = [0u8; 1];
-    c.read_exact(&mut done).context("waiting for the sink's confirmation")?;
+    c.read_exact(&mut done)
+        .context("waiting for the sink's confirmation")?;
     Ok(mib as f64 / t0.elapsed().as_secs_f64())
 }

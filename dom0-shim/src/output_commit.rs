@@ -78,9 +78,16 @@ pub struct OutputCommit {
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {
-        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -110,27 +117,41 @@ impl OutputCommit {
         let ifb = ifb_of(domid);
         ifindex(&vif).context("output commit needs the guest's first vif")?;
         teardown_plumbing(&vif, &ifb);
-        run("ip", &["link", "add", "name", &ifb, "type", "ifb"]).context("creating the ifb device (module ifb)")?;
+        run("ip", &["link", "add", "name", &ifb, "type", "ifb"])
+            .context("creating the ifb device (module ifb)")?;
         let r = (|| {
             run("ip", &["link", "set", "dev", &ifb, "up"])?;
             let ifb_index = ifindex(&ifb)?;
             let nl = rtnl::Socket::open()?;
-            nl.plug_create(ifb_index, PLUG_HANDLE, limit).context("creating the plug qdisc (module sch_plug)")?;
+            nl.plug_create(ifb_index, PLUG_HANDLE, limit)
+                .context("creating the plug qdisc (module sch_plug)")?;
             nl.plug(ifb_index, PLUG_HANDLE, PlugAction::ReleaseIndefinite)?;
-            run("tc", &["qdisc", "add", "dev", &vif, "handle", "ffff:", "ingress"])
-                .context("ingress qdisc on the vif (module sch_ingress)")?;
+            run(
+                "tc",
+                &["qdisc", "add", "dev", &vif, "handle", "ffff:", "ingress"],
+            )
+            .context("ingress qdisc on the vif (module sch_ingress)")?;
             run(
                 "tc",
                 &[
-                    "filter", "add", "dev", &vif, "parent", "ffff:", "protocol", "all", "prio", "10", "matchall",
-                    "action", "mirred", "egress", "redirect", "dev", &ifb,
+                    "filter", "add", "dev", &vif, "parent", "ffff:", "protocol", "all", "prio",
+                    "10", "matchall", "action", "mirred", "egress", "redirect", "dev", &ifb,
                 ],
             )
-            .context("redirecting the vif's traffic to the ifb (modules cls_matchall, act_mirred)")?;
+            .context(
+                "redirecting the vif's traffic to the ifb (modules cls_matchall, act_mirred)",
+            )?;
             Ok((nl, ifb_index))
         })();
         match r {
-            Ok((nl, ifb_index)) => Ok(OutputCommit { vif, ifb, nl, ifb_index, pending: false, holding: false }),
+            Ok((nl, ifb_index)) => Ok(OutputCommit {
+                vif,
+                ifb,
+                nl,
+                ifb_index,
+                pending: false,
+                holding: false,
+            }),
             Err(e) => {
                 teardown_plumbing(&vif, &ifb);
                 Err(e)
@@ -146,7 +167,9 @@ impl OutputCommit {
     /// Inserts the epoch's barrier. Called at the guest's suspend point:
     /// everything queued so far belongs to the epoch being captured.
     pub fn buffer(&mut self) -> Result<()> {
-        self.nl.plug(self.ifb_index, PLUG_HANDLE, PlugAction::Buffer).context("plug barrier")?;
+        self.nl
+            .plug(self.ifb_index, PLUG_HANDLE, PlugAction::Buffer)
+            .context("plug barrier")?;
         self.pending = true;
         self.holding = true;
         Ok(())
@@ -155,7 +178,9 @@ impl OutputCommit {
     /// The epoch of the last barrier is acknowledged: its packets go.
     pub fn release_one(&mut self) -> Result<()> {
         if self.pending {
-            self.nl.plug(self.ifb_index, PLUG_HANDLE, PlugAction::ReleaseOne).context("plug release")?;
+            self.nl
+                .plug(self.ifb_index, PLUG_HANDLE, PlugAction::ReleaseOne)
+                .context("plug release")?;
             self.pending = false;
         }
         Ok(())
@@ -164,7 +189,9 @@ impl OutputCommit {
     /// Lets everything go and stops holding (backup lost, or stopping).
     pub fn release_all(&mut self) -> Result<()> {
         if self.holding {
-            self.nl.plug(self.ifb_index, PLUG_HANDLE, PlugAction::ReleaseIndefinite).context("plug release indefinite")?;
+            self.nl
+                .plug(self.ifb_index, PLUG_HANDLE, PlugAction::ReleaseIndefinite)
+                .context("plug release indefinite")?;
             self.holding = false;
             self.pending = false;
         }
@@ -175,7 +202,9 @@ impl OutputCommit {
 impl Drop for OutputCommit {
     /// Releases what is held, then removes the redirect and the ifb.
     fn drop(&mut self) {
-        let _ = self.nl.plug(self.ifb_index, PLUG_HANDLE, PlugAction::ReleaseIndefinite);
+        let _ = self
+            .nl
+            .plug(self.ifb_index, PLUG_HANDLE, PlugAction::ReleaseIndefinite);
         // The released packets leave the ifb at once; a moment lets the
         // queue drain before the device (and anything still in it) goes.
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -230,7 +259,14 @@ mod rtnl {
     }
 
     /// One RTM_NEWQDISC message for the plug qdisc at the root of `ifindex`.
-    pub(super) fn plug_message(seq: u32, flags: u16, ifindex: i32, handle: u32, action: i32, limit: u32) -> Vec<u8> {
+    pub(super) fn plug_message(
+        seq: u32,
+        flags: u16,
+        ifindex: i32,
+        handle: u32,
+        action: i32,
+        limit: u32,
+    ) -> Vec<u8> {
         let mut m = Vec::with_capacity(64);
         // struct nlmsghdr { len, type, flags, seq, pid }; len patched below.
         m.extend_from_slice(&0u32.to_ne_bytes());
@@ -277,13 +313,22 @@ mod rtnl {
     impl Socket {
         pub fn open() -> Result<Self> {
             // SAFETY: plain socket(2); the descriptor is owned right away.
-            let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_ROUTE) };
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    NETLINK_ROUTE,
+                )
+            };
             if fd < 0 {
                 bail!("netlink socket: {}", std::io::Error::last_os_error());
             }
             // SAFETY: fd is a fresh descriptor nobody else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+            let tv = libc::timeval {
+                tv_sec: 2,
+                tv_usec: 0,
+            };
             // SAFETY: valid option pointer and length. A kernel that does
             // not answer within 2 s is an error, not a hang of protect.
             unsafe {
@@ -308,7 +353,9 @@ mod rtnl {
             let mut buf = [0u8; 4096];
             loop {
                 // SAFETY: buf is writable for its length.
-                let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let n = unsafe {
+                    libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                };
                 if n < 0 {
                     let e = std::io::Error::last_os_error();
                     if e.kind() == std::io::ErrorKind::Interrupted {
@@ -327,13 +374,19 @@ mod rtnl {
         /// Creates the plug qdisc as the root of `ifindex` (it starts holding).
         pub fn plug_create(&self, ifindex: i32, handle: u32, limit: u32) -> Result<()> {
             let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            self.request(&plug_message(seq, NLM_F_CREATE | NLM_F_EXCL, ifindex, handle, 0, limit), seq)
+            self.request(
+                &plug_message(seq, NLM_F_CREATE | NLM_F_EXCL, ifindex, handle, 0, limit),
+                seq,
+            )
         }
 
         /// One plug operation on the existing qdisc.
         pub fn plug(&self, ifindex: i32, handle: u32, action: PlugAction) -> Result<()> {
             let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            self.request(&plug_message(seq, 0, ifindex, handle, action as i32, 0), seq)
+            self.request(
+                &plug_message(seq, 0, ifindex, handle, action as i32, 0),
+                seq,
+            )
         }
     }
 }
@@ -347,13 +400,19 @@ mod tests {
         let m = plug_message(7, 0, 12, 0x1_0000, 1, 0);
         // nlmsghdr 16 + tcmsg 20 + TCA_KIND (4+5, padded 12) + TCA_OPTIONS (4+8)
         assert_eq!(m.len(), 16 + 20 + 12 + 12);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 36);
         assert_eq!(u16::from_ne_bytes(m[6..8].try_into().unwrap()), 0x5);
         assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
         assert_eq!(i32::from_ne_bytes(m[20..24].try_into().unwrap()), 12);
         assert_eq!(u32::from_ne_bytes(m[24..28].try_into().unwrap()), 0x1_0000);
-        assert_eq!(u32::from_ne_bytes(m[28..32].try_into().unwrap()), 0xFFFF_FFFF);
+        assert_eq!(
+            u32::from_ne_bytes(m[28..32].try_into().unwrap()),
+            0xFFFF_FFFF
+        );
         assert_eq!(&m[36..40], &[9, 0, 1, 0]);
         assert_eq!(&m[40..45], b"plug\0");
         assert_eq!(&m[48..52], &[12, 0, 2, 0]);

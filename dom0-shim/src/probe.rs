@@ -10,7 +10,8 @@
 use anyhow::{bail, Context, Result};
 use resilire_codec::{Encoder, EncoderConfig, PAGE_SIZE};
 use resilire_proto::{
-    Commit, EpochData, Heartbeat, Hello, Key, Message, Session, SingleKey, Welcome, HEADER_LEN, SALT_LEN,
+    Commit, EpochData, Heartbeat, Hello, Key, Message, Session, SingleKey, Welcome, HEADER_LEN,
+    SALT_LEN,
 };
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -52,7 +53,15 @@ impl std::fmt::Display for Ending {
         if let Some(u) = &self.undecodable {
             write!(f, "undecodable reply ({u}), ")?;
         }
-        write!(f, "{}", if self.closed { "connection closed by the appliance" } else { "connection still open" })
+        write!(
+            f,
+            "{}",
+            if self.closed {
+                "connection closed by the appliance"
+            } else {
+                "connection still open"
+            }
+        )
     }
 }
 
@@ -83,18 +92,26 @@ fn hello_msg(name: &str, pages: u64) -> Hello<'_> {
 
 impl Probe {
     fn connect(t: &Target, key: [u8; 32]) -> Result<Probe> {
-        let sock: std::net::SocketAddr = t.addr.parse().with_context(|| format!("{} is not ip:port", t.addr))?;
+        let sock: std::net::SocketAddr = t
+            .addr
+            .parse()
+            .with_context(|| format!("{} is not ip:port", t.addr))?;
         let stream = TcpStream::connect_timeout(&sock, Duration::from_secs(10))
             .with_context(|| format!("connecting to {}", t.addr))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         stream.set_write_timeout(Some(Duration::from_secs(20)))?;
         let vm_id = resilire_receiver::vm_id_of(&t.name);
-        Ok(Probe { stream, session: Session::primary(vm_id, Key(key), salt()?) })
+        Ok(Probe {
+            stream,
+            session: Session::primary(vm_id, Key(key), salt()?),
+        })
     }
 
     fn seal(&mut self, m: &Message<'_>) -> Result<Vec<u8>> {
-        self.session.seal(m).map_err(|e| anyhow::anyhow!("sealing {:?}: {e}", m.kind()))
+        self.session
+            .seal(m)
+            .map_err(|e| anyhow::anyhow!("sealing {:?}: {e}", m.kind()))
     }
 
     /// HELLO, then WELCOME (or the appliance's refusal).
@@ -105,7 +122,10 @@ impl Probe {
         loop {
             let n = self.stream.read(&mut buf).context("waiting for WELCOME")?;
             if n == 0 {
-                return Ok(Err(Ending { closed: true, ..Ending::default() }));
+                return Ok(Err(Ending {
+                    closed: true,
+                    ..Ending::default()
+                }));
             }
             self.session.feed(&buf[..n]);
             let first = match self.session.poll() {
@@ -141,7 +161,10 @@ impl Probe {
                 Err(e) => bail!("reply did not open: {e}"),
                 Ok(None) => {}
             }
-            let n = self.stream.read(&mut buf).context("waiting for HEARTBEAT")?;
+            let n = self
+                .stream
+                .read(&mut buf)
+                .context("waiting for HEARTBEAT")?;
             if n == 0 {
                 bail!("closed while waiting for HEARTBEAT");
             }
@@ -159,7 +182,9 @@ impl Probe {
         loop {
             loop {
                 match self.session.poll() {
-                    Ok(Some(Message::Error(e))) => end.errors.push((e.code.0, e.reason.to_string())),
+                    Ok(Some(Message::Error(e))) => {
+                        end.errors.push((e.code.0, e.reason.to_string()))
+                    }
                     Ok(Some(m)) => end.others.push(format!("{:?}", m.kind())),
                     Ok(None) => break,
                     Err(e) => {
@@ -191,7 +216,10 @@ impl Probe {
 }
 
 fn check(ok: bool, what: &str, end: &Ending) -> Result<()> {
-    println!("probe: {what}: {end}{}", if ok { "" } else { "  <-- NOT as specified" });
+    println!(
+        "probe: {what}: {end}{}",
+        if ok { "" } else { "  <-- NOT as specified" }
+    );
     if !ok {
         bail!("{what}: the appliance answered {end}");
     }
@@ -199,7 +227,11 @@ fn check(ok: bool, what: &str, end: &Ending) -> Result<()> {
 }
 
 fn error_with(end: &Ending, code: u16, words: &str) -> bool {
-    end.closed && end.errors.iter().any(|(c, r)| *c == code && r.to_lowercase().contains(words))
+    end.closed
+        && end
+            .errors
+            .iter()
+            .any(|(c, r)| *c == code && r.to_lowercase().contains(words))
 }
 
 /// Forged frames: a HELLO sealed with another key (closed, nothing sent to an unauthenticated
@@ -210,7 +242,11 @@ pub fn forged(t: &Target) -> Result<()> {
     let mut p = Probe::connect(t, wrong)?;
     let f = p.seal(&Message::Hello(hello_msg(&t.name, t.pages)))?;
     let end = p.send_and_end(&f)?;
-    check(end.closed && end.errors.is_empty() && end.others.is_empty(), "HELLO sealed with a wrong key", &end)?;
+    check(
+        end.closed && end.errors.is_empty() && end.others.is_empty(),
+        "HELLO sealed with a wrong key",
+        &end,
+    )?;
 
     let mut p = Probe::connect(t, t.key)?;
     p.live(&t.name, t.pages)?;
@@ -218,7 +254,11 @@ pub fn forged(t: &Target) -> Result<()> {
     let last = hb.len() - 1;
     hb[last] ^= 0x01; // the tag
     let end = p.send_and_end(&hb)?;
-    check(error_with(&end, 1, "authentication"), "HEARTBEAT with a corrupted tag after WELCOME", &end)
+    check(
+        error_with(&end, 1, "authentication"),
+        "HEARTBEAT with a corrupted tag after WELCOME",
+        &end,
+    )
 }
 
 /// Replays: a frame sent twice on one connection (ERROR: sequence), and a recorded connection
@@ -246,7 +286,11 @@ pub fn replayed(t: &Target) -> Result<()> {
     p.stream.write_all(&hb)?;
     p.expect_heartbeat()?;
     let end = p.send_and_end(&hb)?;
-    check(error_with(&end, 1, "sequence"), "the same HEARTBEAT frame sent twice", &end)?;
+    check(
+        error_with(&end, 1, "sequence"),
+        "the same HEARTBEAT frame sent twice",
+        &end,
+    )?;
 
     // The recorded HELLO + HEARTBEAT on a new connection.
     let mut q = Probe::connect(t, t.key)?;
@@ -270,11 +314,18 @@ pub fn replayed(t: &Target) -> Result<()> {
     let kinds = frame_kinds(&got);
     let end = Ending {
         closed,
-        others: kinds.iter().map(|k| format!("frame kind {k:#04x}")).collect(),
+        others: kinds
+            .iter()
+            .map(|k| format!("frame kind {k:#04x}"))
+            .collect(),
         ..Ending::default()
     };
     // WELCOME (0x02) for the replayed HELLO, then ERROR (0x3e) for the frame that fails.
-    check(closed && kinds == [0x02, 0x3e], "a recorded connection (HELLO, HEARTBEAT) replayed", &end)
+    check(
+        closed && kinds == [0x02, 0x3e],
+        "a recorded connection (HELLO, HEARTBEAT) replayed",
+        &end,
+    )
 }
 
 /// The kind bytes of the frames in `bytes`, by their clear headers.
@@ -295,33 +346,53 @@ fn frame_kinds(bytes: &[u8]) -> Vec<u8> {
 pub fn malformed(t: &Target) -> Result<()> {
     let mut p = Probe::connect(t, t.key)?;
     let end = p.send_and_end(&[0x55u8; 64])?;
-    check(end.closed && end.errors.is_empty(), "64 bytes of garbage instead of HELLO", &end)?;
+    check(
+        end.closed && end.errors.is_empty(),
+        "64 bytes of garbage instead of HELLO",
+        &end,
+    )?;
 
     let mut p = Probe::connect(t, t.key)?;
     p.live(&t.name, t.pages)?;
     let mut f = p.seal(&Message::Heartbeat(Heartbeat { time_ms: 4 }))?;
     f[0] = b'X';
     let end = p.send_and_end(&f)?;
-    check(error_with(&end, 1, "magic"), "a frame with a bad magic after WELCOME", &end)?;
+    check(
+        error_with(&end, 1, "magic"),
+        "a frame with a bad magic after WELCOME",
+        &end,
+    )?;
 
     let mut p = Probe::connect(t, t.key)?;
     p.live(&t.name, t.pages)?;
     let mut f = p.seal(&Message::Heartbeat(Heartbeat { time_ms: 5 }))?;
     f[5] = 0xf7; // an experimental kind nobody negotiated
     let end = p.send_and_end(&f)?;
-    check(error_with(&end, 1, "kind"), "a frame of an unknown kind after WELCOME", &end)
+    check(
+        error_with(&end, 1, "kind"),
+        "a frame of an unknown kind after WELCOME",
+        &end,
+    )
 }
 
 /// A VM whose announced memory does not fit: ERROR NO_MEMORY (3) with the sizes.
 pub fn too_big(t: &Target) -> Result<()> {
     let mut p = Probe::connect(t, t.key)?;
     let end = match p.hello(&t.name, t.pages)? {
-        Ok(w) => bail!("a HELLO of {} pages was welcomed (committed {:?})", t.pages, w.committed_epoch),
+        Ok(w) => bail!(
+            "a HELLO of {} pages was welcomed (committed {:?})",
+            t.pages,
+            w.committed_epoch
+        ),
         Err(e) => e,
     };
     check(
         error_with(&end, 3, "does not fit") || error_with(&end, 3, "memory"),
-        &format!("HELLO of VM '{}' with {} MiB of memory", t.name, t.pages * PAGE_SIZE as u64 >> 20),
+        &format!(
+            "HELLO of VM '{}' with {} MiB of memory",
+            t.name,
+            t.pages * PAGE_SIZE as u64 >> 20
+        ),
         &end,
     )
 }
@@ -342,7 +413,10 @@ pub fn hold(targets: &[Target], hold_s: u64) -> Result<()> {
                 let hb = p.seal(&Message::Heartbeat(Heartbeat { time_ms: 6 }))?;
                 p.stream.write_all(&hb)?;
                 p.expect_heartbeat()?;
-                println!("probe: VM '{}' admitted (committed epoch {:?})", t.name, w.committed_epoch);
+                println!(
+                    "probe: VM '{}' admitted (committed epoch {:?})",
+                    t.name, w.committed_epoch
+                );
                 held.push(p);
             }
             Err(end) => {
@@ -372,14 +446,22 @@ pub fn cut(t: &Target, image: &str, chunks: usize) -> Result<()> {
     let mut p = Probe::connect(t, t.key)?;
     let w = p.live(&t.name, t.pages)?;
     let epoch = w.committed_epoch.map_or(1, |e| e + 1);
-    let cfg = EncoderConfig { block_size: 64, max_chunk_len: w.max_chunk.max(1) as usize, ..EncoderConfig::default() };
+    let cfg = EncoderConfig {
+        block_size: 64,
+        max_chunk_len: w.max_chunk.max(1) as usize,
+        ..EncoderConfig::default()
+    };
     let mut enc = Encoder::new(cfg, t.pages).map_err(|e| anyhow::anyhow!("block size {}", e.0))?;
     let mut all: Vec<Vec<u8>> = Vec::new();
     enc.encode_epoch(&img, 0..t.pages, &mut |c| all.push(c.to_vec()));
     let n = chunks.min(all.len().saturating_sub(1)).max(1);
     let mut sent = 0usize;
     for (i, c) in all.iter().take(n).enumerate() {
-        let f = p.seal(&Message::Epoch(EpochData { epoch, chunk_index: i as u32, data: c }))?;
+        let f = p.seal(&Message::Epoch(EpochData {
+            epoch,
+            chunk_index: i as u32,
+            data: c,
+        }))?;
         p.stream.write_all(&f)?;
         sent += f.len();
     }
@@ -402,7 +484,11 @@ pub fn cut(t: &Target, image: &str, chunks: usize) -> Result<()> {
 /// comparable to `net-blast`.
 pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
     use std::sync::{Arc, Mutex};
-    let cfg = EncoderConfig { block_size: 64, max_chunk_len: resilire_proto::MAX_CHUNK, ..EncoderConfig::default() };
+    let cfg = EncoderConfig {
+        block_size: 64,
+        max_chunk_len: resilire_proto::MAX_CHUNK,
+        ..EncoderConfig::default()
+    };
     let mut enc = Encoder::new(cfg, t.pages).map_err(|e| anyhow::anyhow!("block size {}", e.0))?;
     // (chunks, page records) per epoch
     let mut epochs: Vec<(Vec<Vec<u8>>, u64)> = Vec::new();
@@ -423,13 +509,18 @@ pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
         raw += dirty.len() as u64 * PAGE_SIZE as u64;
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         enc.take_stats();
-        enc.encode_epoch(&img, dirty.iter().copied(), &mut |c| chunks.push(c.to_vec()));
+        enc.encode_epoch(&img, dirty.iter().copied(), &mut |c| {
+            chunks.push(c.to_vec())
+        });
         let st = enc.take_stats();
         enc.commit_epoch();
         epochs.push((chunks, st.pages_in - st.pages_unchanged));
         prev = Some(img);
     }
-    let encoded: usize = epochs.iter().flat_map(|(c, _)| c.iter().map(Vec::len)).sum();
+    let encoded: usize = epochs
+        .iter()
+        .flat_map(|(c, _)| c.iter().map(Vec::len))
+        .sum();
     println!(
         "probe: {} epochs encoded in {:.1}s: {:.1} MiB of dirty pages, {:.1} MiB encoded",
         images.len(),
@@ -444,7 +535,10 @@ pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
     p.stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     p.stream.set_write_timeout(Some(Duration::from_secs(120)))?;
     if (w.max_chunk as usize) < resilire_proto::MAX_CHUNK {
-        bail!("the appliance takes chunks of at most {} bytes", w.max_chunk);
+        bail!(
+            "the appliance takes chunks of at most {} bytes",
+            w.max_chunk
+        );
     }
     let first = w.committed_epoch.map_or(1, |e| e + 1);
     let last = first + epochs.len() as u64 - 1;
@@ -464,11 +558,21 @@ pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
                 {
                     let mut s = wsession.lock().map_err(|_| anyhow::anyhow!("lock"))?;
                     let m = if k < n {
-                        Message::Epoch(EpochData { epoch, chunk_index: k as u32, data: &chunks[k] })
+                        Message::Epoch(EpochData {
+                            epoch,
+                            chunk_index: k as u32,
+                            data: &chunks[k],
+                        })
                     } else {
-                        Message::Commit(Commit { epoch, chunks: n as u32, pages: *records, digest: [0; 32] })
+                        Message::Commit(Commit {
+                            epoch,
+                            chunks: n as u32,
+                            pages: *records,
+                            digest: [0; 32],
+                        })
                     };
-                    s.seal_into(&m, &mut frame).map_err(|e| anyhow::anyhow!("sealing: {e}"))?;
+                    s.seal_into(&m, &mut frame)
+                        .map_err(|e| anyhow::anyhow!("sealing: {e}"))?;
                 }
                 sealing += ts.elapsed();
                 ws.write_all(&frame).context("sending")?;
@@ -489,7 +593,9 @@ pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
         loop {
             match s.poll() {
                 Ok(Some(Message::Ack(a))) => acked = Some(a.epoch),
-                Ok(Some(Message::Error(e))) => bail!("appliance refused: {} (code {})", e.reason, e.code.0),
+                Ok(Some(Message::Error(e))) => {
+                    bail!("appliance refused: {} (code {})", e.reason, e.code.0)
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => bail!("{e}"),
@@ -497,7 +603,9 @@ pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    let (sent, sealing) = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let (sent, sealing) = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     let rate = sent as f64 / 1048576.0 / secs;
     println!(
         "probe: throughput: epochs {first}..={last}, {:.1} MiB on the wire received and committed in {secs:.2}s: {rate:.1} MiB/s \

@@ -32,7 +32,15 @@ impl Progress {
     /// Starts a report with the output kind forced (tests).
     pub fn with_tty(what: &str, total: u64, unit_bytes: u64, tty: bool) -> Self {
         let now = Instant::now();
-        Progress { what: what.to_string(), total: total.max(1), unit_bytes, done: 0, t0: now, last: now, tty }
+        Progress {
+            what: what.to_string(),
+            total: total.max(1),
+            unit_bytes,
+            done: 0,
+            t0: now,
+            last: now,
+            tty,
+        }
     }
 
     /// `n` more units are done.
@@ -80,7 +88,12 @@ impl Progress {
         );
         if self.tty {
             let full = (frac * WIDTH as f64).round() as usize;
-            format!("{} [{}{}] {figures}", self.what, "#".repeat(full), "-".repeat(WIDTH - full))
+            format!(
+                "{} [{}{}] {figures}",
+                self.what,
+                "#".repeat(full),
+                "-".repeat(WIDTH - full)
+            )
         } else {
             format!("{}: {figures}", self.what)
         }
@@ -96,7 +109,10 @@ mod tests {
         let mut p = Progress::with_tty("sync", 100, 1048576, true);
         p.done = 50;
         let line = p.render();
-        assert!(line.starts_with("sync [###############---------------]  50.0% 50.0/100.0 MiB"), "{line}");
+        assert!(
+            line.starts_with("sync [###############---------------]  50.0% 50.0/100.0 MiB"),
+            "{line}"
+        );
         assert!(line.contains("MiB/s ETA "), "{line}");
         let mut q = Progress::with_tty("sync", 100, 1048576, false);
         q.done = 25;

@@ -113,11 +113,18 @@ struct EpochLog(Option<std::fs::File>);
 
 impl EpochLog {
     fn open(o: &ProtectOptions) -> Self {
-        let path = o.log.clone().unwrap_or_else(|| format!("{LOG_DIR}/protect-{}.log", o.name));
+        let path = o
+            .log
+            .clone()
+            .unwrap_or_else(|| format!("{LOG_DIR}/protect-{}.log", o.name));
         if let Some(dir) = std::path::Path::new(&path).parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
             Ok(f) => {
                 println!("protect: per-epoch figures in {path}");
                 EpochLog(Some(f))
@@ -131,7 +138,10 @@ impl EpochLog {
 
     fn line(&mut self, text: &str) {
         if let Some(f) = self.0.as_mut() {
-            let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
             let _ = f.write_all(format!("unix_ms={ms} {text}\n").as_bytes());
         }
     }
@@ -159,7 +169,8 @@ fn release_all(oc: &mut Option<OutputCommit>) {
 pub fn run(o: &ProtectOptions) -> Result<()> {
     install_stop_handlers();
     let mut oc = if o.output_commit {
-        let oc = OutputCommit::setup(o.domid, output_commit::DEFAULT_LIMIT).context("output commit")?;
+        let oc =
+            OutputCommit::setup(o.domid, output_commit::DEFAULT_LIMIT).context("output commit")?;
         println!("protect: output commit on: {}", oc.describe());
         Some(oc)
     } else {
@@ -205,7 +216,8 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
         xl_config: config,
     };
     let mut log = EpochLog::open(o);
-    let (mut pauses, mut acks, mut wires, mut dirties) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut pauses, mut acks, mut wires, mut dirties) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut done = 0u64;
     let mut shipper: Option<Shipper> = None;
     let mut next = Instant::now();
@@ -223,7 +235,10 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
                 Err(e) => {
                     // Said before the held packets go, so that a reader of
                     // the log sees why they went.
-                    eprintln!("protect: WARNING: {} IS NOT PROTECTED: {e:#}; retrying in 1s", o.name);
+                    eprintln!(
+                        "protect: WARNING: {} IS NOT PROTECTED: {e:#}; retrying in 1s",
+                        o.name
+                    );
                     release_all(oc);
                     log.line(&format!("state=unprotected error=\"{e:#}\""));
                     write_status(o, "unprotected", &last, &format!("error=\"{e:#}\""));
@@ -240,7 +255,9 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
         }
         let e: Epoch = cp.capture_epoch_with(|_, _| barrier(oc))?;
         let epoch = sh.next_epoch();
-        let sent = sh.send_epoch(cp.image(), &e.dirty_slots).and_then(|st| Ok((st, sh.wait_ack()?)));
+        let sent = sh
+            .send_epoch(cp.image(), &e.dirty_slots)
+            .and_then(|st| Ok((st, sh.wait_ack()?)));
         match sent {
             Ok((st, ack)) => {
                 if let Some(oc) = oc.as_mut() {
@@ -254,13 +271,24 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
                 wires.push(st.wire);
                 dirties.push(st.dirty);
                 done += 1;
-                last = Last { epoch: Some(epoch), pause: e.pause.total(), dirty: st.dirty, wire: st.wire, ack };
+                last = Last {
+                    epoch: Some(epoch),
+                    pause: e.pause.total(),
+                    dirty: st.dirty,
+                    wire: st.wire,
+                    ack,
+                };
                 write_status(o, "protected", &last, "");
             }
             Err(err) => {
-                eprintln!("protect: WARNING: backup lost at epoch {epoch}: {err:#}; {} runs UNPROTECTED", o.name);
+                eprintln!(
+                    "protect: WARNING: backup lost at epoch {epoch}: {err:#}; {} runs UNPROTECTED",
+                    o.name
+                );
                 release_all(oc);
-                log.line(&format!("epoch={epoch} state=unprotected error=\"{err:#}\""));
+                log.line(&format!(
+                    "epoch={epoch} state=unprotected error=\"{err:#}\""
+                ));
                 write_status(o, "unprotected", &last, &format!("error=\"{err:#}\""));
                 shipper = None;
             }
@@ -296,7 +324,13 @@ fn median_u64(mut v: Vec<u64>) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-fn summary(done: u64, pauses: Vec<Duration>, acks: Vec<Duration>, wires: Vec<u64>, dirties: Vec<u64>) -> String {
+fn summary(
+    done: u64,
+    pauses: Vec<Duration>,
+    acks: Vec<Duration>,
+    wires: Vec<u64>,
+    dirties: Vec<u64>,
+) -> String {
     let (median, p99) = median_p99(pauses);
     let (ack_median, ack_p99) = median_p99(acks);
     let wire_mean = wires.iter().sum::<u64>() / (wires.len() as u64).max(1);
@@ -314,7 +348,11 @@ fn summary(done: u64, pauses: Vec<Duration>, acks: Vec<Duration>, wires: Vec<u64
 
 /// The last epoch, shipped and acknowledged while the guest stays suspended,
 /// then the backup's image read back and compared with the guest's memory.
-fn final_check(cp: &mut Checkpointer, sh: &mut Shipper, oc: &mut Option<OutputCommit>) -> Result<()> {
+fn final_check(
+    cp: &mut Checkpointer,
+    sh: &mut Shipper,
+    oc: &mut Option<OutputCommit>,
+) -> Result<()> {
     let pages = cp.pages() as u64;
     let mut outcome = Ok(0);
     let epoch = sh.next_epoch();
@@ -365,7 +403,10 @@ fn synchronise(
     // over). The steady timeout comes back once epoch 1 is committed.
     sh.set_io_timeout(SYNC_IO_TIMEOUT)?;
     let epoch = sh.next_epoch();
-    println!("protect: synchronising {} with {} as epoch {epoch}", o.name, o.backup);
+    println!(
+        "protect: synchronising {} with {} as epoch {epoch}",
+        o.name, o.backup
+    );
     let all: Vec<u64> = (0..cp.pages() as u64).collect();
     let mut bar = Progress::new("protect: initial sync", all.len() as u64, PAGE as u64);
     for piece in all.chunks(SYNC_STEP) {
@@ -376,7 +417,10 @@ fn synchronise(
     let mut last = all.len();
     for round in 1..=MAX_PRECOPY_ROUNDS {
         let slots = cp.precopy_round()?;
-        println!("protect: sync round {round}: {} pages dirtied during the last round", slots.len());
+        println!(
+            "protect: sync round {round}: {} pages dirtied during the last round",
+            slots.len()
+        );
         sh.send_pages(cp.image(), &slots)?;
         if slots.len() * 10 > last * 9 || slots.len() < 64 {
             break;
@@ -400,7 +444,13 @@ fn synchronise(
     );
     println!("protect: {line}");
     log.line(&format!("epoch={epoch} {line}"));
-    let last = Last { epoch: Some(epoch), pause: e.pause.total(), dirty: st.dirty, wire: st.wire, ack };
+    let last = Last {
+        epoch: Some(epoch),
+        pause: e.pause.total(),
+        dirty: st.dirty,
+        wire: st.wire,
+        ack,
+    };
     write_status(o, "protected", &last, "");
     Ok(sh)
 }
@@ -431,15 +481,23 @@ fn write_status(o: &ProtectOptions, state: &str, last: &Last, detail: &str) {
 
 /// The value of `key=` in a status line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
 /// One table row of `status` from a status file's line.
 fn status_row(line: &str, alive: impl Fn(u32) -> bool) -> String {
     let f = |k| field(line, k).unwrap_or("-");
     let mut state = f("state").to_string();
-    let running = matches!(state.as_str(), "starting" | "synchronising" | "protected" | "unprotected");
-    if running && !field(line, "pid").and_then(|p| p.parse().ok()).is_some_and(alive) {
+    let running = matches!(
+        state.as_str(),
+        "starting" | "synchronising" | "protected" | "unprotected"
+    );
+    if running
+        && !field(line, "pid")
+            .and_then(|p| p.parse().ok())
+            .is_some_and(alive)
+    {
         state = format!("dead({state})");
     }
     format!(
@@ -468,7 +526,9 @@ pub fn print_status() -> Result<()> {
             }
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             if let Some(line) = text.lines().next() {
-                rows.push(status_row(line, |pid| std::path::Path::new(&format!("/proc/{pid}")).exists()));
+                rows.push(status_row(line, |pid| {
+                    std::path::Path::new(&format!("/proc/{pid}")).exists()
+                }));
             }
         }
     }
@@ -479,7 +539,16 @@ pub fn print_status() -> Result<()> {
     rows.sort();
     println!(
         "{:<12} {:>6} {:<21} {:>7} {:>8} {:>9} {:>9} {:>12} {:>8} {:>6} state",
-        "vm", "domain", "backup", "epoch", "interval", "pause", "dirty_pg", "bytes/epoch", "ack", "output"
+        "vm",
+        "domain",
+        "backup",
+        "epoch",
+        "interval",
+        "pause",
+        "dirty_pg",
+        "bytes/epoch",
+        "ack",
+        "output"
     );
     for r in rows {
         println!("{r}");
@@ -495,7 +564,18 @@ mod tests {
     fn status_rows_show_the_figures_and_dead_protects() {
         let line = "vm=testvm domain=2 backup=10.99.0.50:7780 state=protected epoch=31 interval_ms=200 pause_ms=98.4 dirty_pages=568 bytes=32478 ack_ms=4.5 output_commit=on pid=77 ";
         let row = status_row(line, |_| true);
-        for want in ["testvm", "10.99.0.50:7780", "31", "200ms", "98.4ms", "568", "32478", "4.5ms", "on", "protected"] {
+        for want in [
+            "testvm",
+            "10.99.0.50:7780",
+            "31",
+            "200ms",
+            "98.4ms",
+            "568",
+            "32478",
+            "4.5ms",
+            "on",
+            "protected",
+        ] {
             assert!(row.contains(want), "{want} missing in {row}");
         }
         assert!(status_row(line, |_| false).ends_with("dead(protected)"));

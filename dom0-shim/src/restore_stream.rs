@@ -50,15 +50,25 @@ mod rec {
 /// Where the pages come from: the committed image's slots.
 pub trait PageSource {
     /// Calls `f` with the page of each slot in `slots`, in that order.
-    fn for_each_page(&mut self, slots: &[u64], f: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<()>;
+    fn for_each_page(
+        &mut self,
+        slots: &[u64],
+        f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<()>;
 }
 
 /// An image held in memory (tests, and images read back over the wire).
 impl PageSource for &[u8] {
-    fn for_each_page(&mut self, slots: &[u64], f: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<()> {
+    fn for_each_page(
+        &mut self,
+        slots: &[u64],
+        f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<()> {
         for &s in slots {
             let at = s as usize * PAGE;
-            let page = self.get(at..at + PAGE).ok_or_else(|| anyhow::anyhow!("slot {s} is outside the image"))?;
+            let page = self
+                .get(at..at + PAGE)
+                .ok_or_else(|| anyhow::anyhow!("slot {s} is outside the image"))?;
             f(page)?;
         }
         Ok(())
@@ -95,7 +105,12 @@ pub fn write_save_file(
     order: &[u64],
     pages: &mut dyn PageSource,
 ) -> Result<u64> {
-    ensure!(order.len() == state.layout.len(), "{} pages ordered for a layout of {}", order.len(), state.layout.len());
+    ensure!(
+        order.len() == state.layout.len(),
+        "{} pages ordered for a layout of {}",
+        order.len(),
+        state.layout.len()
+    );
     let mut w = Counting { out, n: 0 };
 
     // xl header and config (its integers in the host's byte order).
@@ -142,7 +157,10 @@ pub fn write_save_file(
         w.write_all(&0u32.to_le_bytes())?;
         for &slot in batch {
             // Type bits 63-60 zero: XEN_DOMCTL_PFINFO_NOTAB, a normal page.
-            let pfn = *state.layout.get(slot as usize).ok_or_else(|| anyhow::anyhow!("slot {slot} has no frame"))?;
+            let pfn = *state
+                .layout
+                .get(slot as usize)
+                .ok_or_else(|| anyhow::anyhow!("slot {slot} has no frame"))?;
             w.write_all(&pfn.to_le_bytes())?;
         }
         pages.for_each_page(batch, &mut |p| w.write_all(p))?;
@@ -228,10 +246,16 @@ mod tests {
         let config = take(&mut o, clen);
         assert_eq!(config.last(), Some(&0));
         let config = String::from_utf8(config[..clen - 1].to_vec()).unwrap();
-        assert_eq!(u64::from_be_bytes(take(&mut b, 8).try_into().unwrap()), LIBXL_IDENT);
+        assert_eq!(
+            u64::from_be_bytes(take(&mut b, 8).try_into().unwrap()),
+            LIBXL_IDENT
+        );
         assert_eq!(be32(take(&mut b, 4)), 2);
         assert_eq!(be32(take(&mut b, 4)), 0);
-        assert_eq!((le32(take(&mut b, 4)), le32(take(&mut b, 4))), (LIBXL_LIBXC_CONTEXT, 0));
+        assert_eq!(
+            (le32(take(&mut b, 4)), le32(take(&mut b, 4))),
+            (LIBXL_LIBXC_CONTEXT, 0)
+        );
         assert_eq!(take(&mut b, 8), [0xff; 8]);
         assert_eq!(take(&mut b, 4), b"XENF");
         assert_eq!(be32(take(&mut b, 4)), 3);
@@ -249,11 +273,15 @@ mod tests {
                 let mut p = &body[..];
                 let count = le32(take(&mut p, 4)) as usize;
                 take(&mut p, 4);
-                let pfns: Vec<u64> =
-                    (0..count).map(|_| u64::from_le_bytes(take(&mut p, 8).try_into().unwrap())).collect();
+                let pfns: Vec<u64> = (0..count)
+                    .map(|_| u64::from_le_bytes(take(&mut p, 8).try_into().unwrap()))
+                    .collect();
                 for pfn in pfns {
                     assert_eq!(pfn >> 60, 0, "normal pages only");
-                    assert!(pages.insert(pfn, take(&mut p, PAGE).to_vec()).is_none(), "frame {pfn:#x} twice");
+                    assert!(
+                        pages.insert(pfn, take(&mut p, PAGE).to_vec()).is_none(),
+                        "frame {pfn:#x} twice"
+                    );
                     page_order.push(pfn);
                 }
                 assert!(p.is_empty());
@@ -263,9 +291,17 @@ mod tests {
                 break;
             }
         }
-        assert_eq!((le32(take(&mut b, 4)), le32(take(&mut b, 4))), (LIBXL_END, 0));
+        assert_eq!(
+            (le32(take(&mut b, 4)), le32(take(&mut b, 4))),
+            (LIBXL_END, 0)
+        );
         assert!(b.is_empty(), "{} trailing bytes", b.len());
-        Parsed { config, libxc, pages, page_order }
+        Parsed {
+            config,
+            libxc,
+            pages,
+            page_order,
+        }
     }
 
     fn state(n: usize) -> VmState {
@@ -273,11 +309,21 @@ mod tests {
             epoch: 9,
             interval_ms: 100,
             vcpus: 1,
-            layout: (0..n as u64 / 2).chain(0x1000..0x1000 + (n - n / 2) as u64).collect(),
+            layout: (0..n as u64 / 2)
+                .chain(0x1000..0x1000 + (n - n / 2) as u64)
+                .collect(),
             hvm_context: vec![0xab; 1234],
             hvm_params: vec![(1, 0xfeffc), (17, 0xfeffd)],
-            tsc: TscInfo { mode: 1, khz: 3_000_000, nsec: 77, incarnation: 2 },
-            cpu: CpuPolicy { cpuid: vec![3; 24 * 5], msrs: vec![4; 16 * 2] },
+            tsc: TscInfo {
+                mode: 1,
+                khz: 3_000_000,
+                nsec: 77,
+                incarnation: 2,
+            },
+            cpu: CpuPolicy {
+                cpuid: vec![3; 24 * 5],
+                msrs: vec![4; 16 * 2],
+            },
             config_json: r#"{"c_info":{"name":"vm"}}"#.into(),
             hot_slots: vec![2500, 7, 2500, 99_999],
         }
@@ -287,14 +333,21 @@ mod tests {
     fn the_save_file_carries_every_page_and_record_in_xens_order() {
         let n = 2600;
         let s = state(n);
-        let image: Vec<u8> = (0..n * PAGE).map(|i| (i / PAGE * 7 + i % 251) as u8).collect();
+        let image: Vec<u8> = (0..n * PAGE)
+            .map(|i| (i / PAGE * 7 + i % 251) as u8)
+            .collect();
         let order = restore_order(&s, true);
         let mut out = Vec::new();
         let written = write_save_file(&mut out, &s, (4, 17), &order, &mut &image[..]).unwrap();
         assert_eq!(written as usize, out.len());
         let p = parse(&out);
         assert_eq!(p.config, s.config_json);
-        let kinds: Vec<u32> = p.libxc.iter().map(|r| r.0).filter(|&k| k != rec::PAGE_DATA).collect();
+        let kinds: Vec<u32> = p
+            .libxc
+            .iter()
+            .map(|r| r.0)
+            .filter(|&k| k != rec::PAGE_DATA)
+            .collect();
         assert_eq!(
             kinds,
             [
@@ -307,18 +360,31 @@ mod tests {
                 rec::END
             ]
         );
-        assert_eq!(p.libxc.iter().filter(|r| r.0 == rec::PAGE_DATA).count(), n.div_ceil(BATCH));
+        assert_eq!(
+            p.libxc.iter().filter(|r| r.0 == rec::PAGE_DATA).count(),
+            n.div_ceil(BATCH)
+        );
         assert_eq!(p.pages.len(), n);
         for (slot, pfn) in s.layout.iter().enumerate() {
-            assert_eq!(p.pages[pfn], image[slot * PAGE..(slot + 1) * PAGE], "frame {pfn:#x}");
+            assert_eq!(
+                p.pages[pfn],
+                image[slot * PAGE..(slot + 1) * PAGE],
+                "frame {pfn:#x}"
+            );
         }
         let ctx = p.libxc.iter().find(|r| r.0 == rec::HVM_CONTEXT).unwrap();
         assert_eq!(ctx.1, s.hvm_context);
         let params = &p.libxc.iter().find(|r| r.0 == rec::HVM_PARAMS).unwrap().1;
         assert_eq!(le32(params), 2);
-        assert_eq!(u64::from_le_bytes(params[16..24].try_into().unwrap()), 0xfeffc);
+        assert_eq!(
+            u64::from_le_bytes(params[16..24].try_into().unwrap()),
+            0xfeffc
+        );
         // Hot pages first (slot 2500 once, then 7; the out-of-range one dropped).
-        assert_eq!(&p.page_order[..3], &[s.layout[2500], s.layout[7], s.layout[0]]);
+        assert_eq!(
+            &p.page_order[..3],
+            &[s.layout[2500], s.layout[7], s.layout[0]]
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub fn run(o: &ResumeOptions) -> Result<ResumeReport> {
     let state = read_state(&frames)?;
     let name = domain_name(&state)?;
     if let Some(d) = domain_named(&xc, &xs, &name)? {
-        bail!("a domain named {name} already runs here (domain {d}): refusing to start a second copy");
+        bail!(
+            "a domain named {name} already runs here (domain {d}): refusing to start a second copy"
+        );
     }
     let order = restore_order(&state, o.hot_first);
     let locate = t0.elapsed();
@@ -104,11 +106,16 @@ pub fn run(o: &ResumeOptions) -> Result<ResumeReport> {
     let status = xl.wait().context("waiting for xl restore")?;
     let xl_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() {
-        bail!("xl restore failed ({status}); its log ({log_path}):\n{}", tail(&xl_log, 20));
+        bail!(
+            "xl restore failed ({status}); its log ({log_path}):\n{}",
+            tail(&xl_log, 20)
+        );
     }
-    let stream_bytes = written.with_context(|| format!("streaming the image; xl said:\n{}", tail(&xl_log, 20)))?;
+    let stream_bytes =
+        written.with_context(|| format!("streaming the image; xl said:\n{}", tail(&xl_log, 20)))?;
     let restore = t1.elapsed();
-    let domid = domain_named(&xc, &xs, &name)?.with_context(|| format!("xl restore returned but no domain {name}"))?;
+    let domid = domain_named(&xc, &xs, &name)?
+        .with_context(|| format!("xl restore returned but no domain {name}"))?;
 
     let t2 = Instant::now();
     if !o.paused {
@@ -146,7 +153,10 @@ pub fn describe(r: &ResumeReport) -> String {
 /// Reads and checks the restore state from the image's trailer.
 pub fn read_state(frames: &CommittedFrames) -> Result<VmState> {
     let pages = frames.pages();
-    ensure!(pages > TRAILER_PAGES, "the committed image has {pages} pages: no room for a restore state");
+    ensure!(
+        pages > TRAILER_PAGES,
+        "the committed image has {pages} pages: no room for a restore state"
+    );
     let slots: Vec<u64> = (pages - TRAILER_PAGES..pages).map(|s| s as u64).collect();
     let mut trailer = Vec::with_capacity(TRAILER_PAGES * 4096);
     frames.copy_slots(&slots, &mut |p| {
@@ -166,13 +176,21 @@ pub fn read_state(frames: &CommittedFrames) -> Result<VmState> {
 /// The domain name in the restore state's configuration.
 pub fn domain_name(state: &VmState) -> Result<String> {
     let v: serde_json::Value = serde_json::from_str(&state.config_json).context("domain config")?;
-    v.pointer("/c_info/name").and_then(|n| n.as_str()).map(str::to_string).context("domain config has no name")
+    v.pointer("/c_info/name")
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+        .context("domain config has no name")
 }
 
 /// The live domain called `name` on this host, if any.
 pub fn domain_named(xc: &XenCtrl, xs: &Xenstore, name: &str) -> Result<Option<u32>> {
     for d in xc.domains()? {
-        if !d.dying && xs.read(&format!("/local/domain/{}/name", d.domid))?.as_deref() == Some(name) {
+        if !d.dying
+            && xs
+                .read(&format!("/local/domain/{}/name", d.domid))?
+                .as_deref()
+                == Some(name)
+        {
             return Ok(Some(d.domid));
         }
     }
@@ -180,8 +198,16 @@ pub fn domain_named(xc: &XenCtrl, xs: &Xenstore, name: &str) -> Result<Option<u3
 }
 
 fn xl_cmd(args: &[&str]) -> Result<()> {
-    let out = Command::new("xl").args(args).output().with_context(|| format!("running xl {}", args.join(" ")))?;
-    ensure!(out.status.success(), "xl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    let out = Command::new("xl")
+        .args(args)
+        .output()
+        .with_context(|| format!("running xl {}", args.join(" ")))?;
+    ensure!(
+        out.status.success(),
+        "xl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 

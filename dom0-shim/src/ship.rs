@@ -67,18 +67,29 @@ impl Shipper {
     /// Connects, says HELLO and waits for WELCOME. A fresh shipper holds no
     /// shadow: its first epoch carries every page (a fresh synchronisation),
     /// numbered after the appliance's last committed epoch.
-    pub fn connect(addr: &str, vm: &VmIdentity, key: [u8; 32], block_size: usize, timeout: Duration) -> Result<Self> {
+    pub fn connect(
+        addr: &str,
+        vm: &VmIdentity,
+        key: [u8; 32],
+        block_size: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
         let sock = addr
             .parse::<std::net::SocketAddr>()
             .with_context(|| format!("backup address {addr} is not ip:port"))?;
-        let stream = TcpStream::connect_timeout(&sock, timeout).with_context(|| format!("connecting to {addr}"))?;
+        let stream = TcpStream::connect_timeout(&sock, timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         // An appliance that stops reading must not hang the primary: a
         // write that cannot progress for this long loses the backup.
         stream.set_write_timeout(Some(timeout))?;
-        let cfg = EncoderConfig { block_size, ..EncoderConfig::default() };
-        let encoder = Encoder::new(cfg, vm.pages).map_err(|e| anyhow::anyhow!("block size {}: not allowed", e.0))?;
+        let cfg = EncoderConfig {
+            block_size,
+            ..EncoderConfig::default()
+        };
+        let encoder = Encoder::new(cfg, vm.pages)
+            .map_err(|e| anyhow::anyhow!("block size {}: not allowed", e.0))?;
         let mut session = Session::primary(vm.vm_id, Key(key), random_salt()?);
         let hello = Message::Hello(Hello {
             vm_uuid: vm.uuid,
@@ -92,14 +103,20 @@ impl Shipper {
             codec_params: &[],
             xl_config: &vm.xl_config,
         });
-        let frame = session.seal(&hello).map_err(|e| anyhow::anyhow!("sealing HELLO: {e:?}"))?;
+        let frame = session
+            .seal(&hello)
+            .map_err(|e| anyhow::anyhow!("sealing HELLO: {e:?}"))?;
         let mut sh = Shipper {
             stream,
             session,
             encoder,
             next_epoch: 1,
             open: EpochStats::default(),
-            welcome: Welcome { committed_epoch: None, features: 0, max_chunk: 0 },
+            welcome: Welcome {
+                committed_epoch: None,
+                features: 0,
+                max_chunk: 0,
+            },
         };
         sh.stream.write_all(&frame)?;
         let welcome = sh.receive(|m| match m {
@@ -112,10 +129,12 @@ impl Shipper {
         if welcome.max_chunk > 0 {
             let cfg = EncoderConfig {
                 block_size,
-                max_chunk_len: (welcome.max_chunk as usize).min(EncoderConfig::default().max_chunk_len),
+                max_chunk_len: (welcome.max_chunk as usize)
+                    .min(EncoderConfig::default().max_chunk_len),
                 ..EncoderConfig::default()
             };
-            sh.encoder = Encoder::new(cfg, vm.pages).map_err(|e| anyhow::anyhow!("block size {}: not allowed", e.0))?;
+            sh.encoder = Encoder::new(cfg, vm.pages)
+                .map_err(|e| anyhow::anyhow!("block size {}: not allowed", e.0))?;
         }
         sh.welcome = welcome;
         Ok(sh)
@@ -125,9 +144,15 @@ impl Shipper {
     fn receive<T>(&mut self, mut f: impl FnMut(&Message<'_>) -> Result<Option<T>>) -> Result<T> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            while let Some(m) = self.session.poll().map_err(|e| anyhow::anyhow!("from the appliance: {e:?}"))? {
+            while let Some(m) = self
+                .session
+                .poll()
+                .map_err(|e| anyhow::anyhow!("from the appliance: {e:?}"))?
+            {
                 match &m {
-                    Message::Error(e) => bail!("appliance refused: {} (code {})", e.reason, e.code.0),
+                    Message::Error(e) => {
+                        bail!("appliance refused: {} (code {})", e.reason, e.code.0)
+                    }
                     Message::Bye(b) => bail!("appliance said BYE (code {})", b.code.0),
                     Message::Heartbeat(_) => continue,
                     _ => {}
@@ -150,9 +175,14 @@ impl Shipper {
     }
 
     fn send(&mut self, m: &Message<'_>, wire: &mut u64) -> Result<()> {
-        let frame = self.session.seal(m).map_err(|e| anyhow::anyhow!("sealing {:?}: {e:?}", m.kind()))?;
+        let frame = self
+            .session
+            .seal(m)
+            .map_err(|e| anyhow::anyhow!("sealing {:?}: {e:?}", m.kind()))?;
         *wire += frame.len() as u64;
-        self.stream.write_all(&frame).context("sending to the appliance")
+        self.stream
+            .write_all(&frame)
+            .context("sending to the appliance")
     }
 
     /// Changes how long a read or a write may make no progress before the
@@ -185,20 +215,32 @@ impl Shipper {
         // memory's worth encoded first would leave the appliance without a
         // frame for seconds (it drops connections silent for that long) and
         // hold the whole encoded epoch in memory.
-        let Shipper { stream, session, encoder, open, .. } = self;
+        let Shipper {
+            stream,
+            session,
+            encoder,
+            open,
+            ..
+        } = self;
         let mut failed: Option<anyhow::Error> = None;
         encoder.encode_epoch(image, dirty.iter().copied(), &mut |c: &[u8]| {
             if failed.is_some() {
                 return;
             }
             open.encoded += c.len() as u64;
-            let m = Message::Epoch(EpochData { epoch, chunk_index: open.chunks, data: c });
+            let m = Message::Epoch(EpochData {
+                epoch,
+                chunk_index: open.chunks,
+                data: c,
+            });
             match session.seal(&m) {
                 Ok(frame) => {
                     open.wire += frame.len() as u64;
                     match stream.write_all(&frame) {
                         Ok(()) => open.chunks += 1,
-                        Err(e) => failed = Some(anyhow::Error::new(e).context("sending to the appliance")),
+                        Err(e) => {
+                            failed = Some(anyhow::Error::new(e).context("sending to the appliance"))
+                        }
                     }
                 }
                 Err(e) => failed = Some(anyhow::anyhow!("sealing an EPOCH chunk: {e:?}")),
@@ -219,8 +261,12 @@ impl Shipper {
     /// Sends COMMIT for the open epoch; returns its figures.
     pub fn commit(&mut self) -> Result<EpochStats> {
         let mut st = std::mem::take(&mut self.open);
-        let commit =
-            Message::Commit(Commit { epoch: self.next_epoch, chunks: st.chunks, pages: st.records, digest: [0; 32] });
+        let commit = Message::Commit(Commit {
+            epoch: self.next_epoch,
+            chunks: st.chunks,
+            pages: st.records,
+            digest: [0; 32],
+        });
         let mut wire = 0;
         if let Err(e) = self.send(&commit, &mut wire) {
             self.encoder.abort_epoch();
@@ -256,7 +302,14 @@ impl Shipper {
     pub fn read_pages(&mut self, first_pfn: u64, count: u32) -> Result<Vec<u8>> {
         let request_id = (first_pfn as u32) ^ count;
         let mut wire = 0;
-        self.send(&Message::Read(Read { request_id, first_pfn, count }), &mut wire)?;
+        self.send(
+            &Message::Read(Read {
+                request_id,
+                first_pfn,
+                count,
+            }),
+            &mut wire,
+        )?;
         self.receive(|m| match m {
             Message::ReadReply(r) if r.request_id == request_id => {
                 if r.data.len() != count as usize * PAGE_SIZE {
@@ -284,6 +337,11 @@ impl Shipper {
     /// Says BYE (orderly end).
     pub fn close(mut self) -> Result<()> {
         let mut wire = 0;
-        self.send(&Message::Bye(resilire_proto::Bye { code: ErrorCode::NONE }), &mut wire)
+        self.send(
+            &Message::Bye(resilire_proto::Bye {
+                code: ErrorCode::NONE,
+            }),
+            &mut wire,
+        )
     }
 }

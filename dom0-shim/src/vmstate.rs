@@ -107,14 +107,22 @@ impl VmState {
         }
         record(&mut body, Kind::Layout, &runs);
         record(&mut body, Kind::HvmContext, &self.hvm_context);
-        let params: Vec<u8> =
-            self.hvm_params.iter().flat_map(|(i, v)| i.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect();
+        let params: Vec<u8> = self
+            .hvm_params
+            .iter()
+            .flat_map(|(i, v)| i.to_le_bytes().into_iter().chain(v.to_le_bytes()))
+            .collect();
         record(&mut body, Kind::HvmParams, &params);
         record(&mut body, Kind::Tsc, &self.tsc.to_record());
         record(&mut body, Kind::CpuidPolicy, &self.cpu.cpuid);
         record(&mut body, Kind::MsrPolicy, &self.cpu.msrs);
         record(&mut body, Kind::ConfigJson, self.config_json.as_bytes());
-        let hot: Vec<u8> = self.hot_slots.iter().take(MAX_HOT).flat_map(|s| s.to_le_bytes()).collect();
+        let hot: Vec<u8> = self
+            .hot_slots
+            .iter()
+            .take(MAX_HOT)
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
         record(&mut body, Kind::HotSlots, &hot);
 
         let mut out = Vec::with_capacity(trailer_bytes());
@@ -136,15 +144,27 @@ impl VmState {
     /// Parses a trailer; refuses anything that is not a complete, intact
     /// trailer of a version this shim knows.
     pub fn decode(bytes: &[u8]) -> Result<VmState> {
-        ensure!(bytes.len() >= HEADER, "state trailer too short ({} bytes)", bytes.len());
+        ensure!(
+            bytes.len() >= HEADER,
+            "state trailer too short ({} bytes)",
+            bytes.len()
+        );
         if &bytes[..8] != MAGIC {
             bail!("no restore state in the image (the primary never reached its first checkpoint, or is too old)");
         }
         let version = u32_at(bytes, 8);
-        ensure!(version == VERSION, "restore state version {version}, this shim reads {VERSION}");
+        ensure!(
+            version == VERSION,
+            "restore state version {version}, this shim reads {VERSION}"
+        );
         let len = u32_at(bytes, 12) as usize;
-        let body = bytes.get(HEADER..HEADER + len).context("restore state longer than its trailer")?;
-        ensure!(Sha256::digest(body).as_slice() == &bytes[16..48], "restore state checksum mismatch");
+        let body = bytes
+            .get(HEADER..HEADER + len)
+            .context("restore state longer than its trailer")?;
+        ensure!(
+            Sha256::digest(body).as_slice() == &bytes[16..48],
+            "restore state checksum mismatch"
+        );
 
         let mut s = VmState::default();
         let mut seen_meta = false;
@@ -153,7 +173,9 @@ impl VmState {
             ensure!(body.len() - at >= 8, "truncated record header at {at}");
             let kind = u32_at(body, at);
             let n = u32_at(body, at + 4) as usize;
-            let data = body.get(at + 8..at + 8 + n).with_context(|| format!("record {kind:#x} overruns the body"))?;
+            let data = body
+                .get(at + 8..at + 8 + n)
+                .with_context(|| format!("record {kind:#x} overruns the body"))?;
             at += 8 + n.next_multiple_of(8);
             match kind {
                 k if k == Kind::Meta as u32 => {
@@ -168,22 +190,30 @@ impl VmState {
                     for run in data.chunks_exact(16) {
                         let (first, count) = (u64_at(run, 0), u64_at(run, 8));
                         ensure!(count <= 1 << 40, "layout run of {count} frames");
-                        s.layout.extend(first..first.checked_add(count).context("layout run overflows")?);
+                        s.layout.extend(
+                            first..first.checked_add(count).context("layout run overflows")?,
+                        );
                     }
                 }
                 k if k == Kind::HvmContext as u32 => s.hvm_context = data.to_vec(),
                 k if k == Kind::HvmParams as u32 => {
                     ensure!(n % 16 == 0, "params record of {n} bytes");
-                    s.hvm_params = data.chunks_exact(16).map(|p| (u64_at(p, 0), u64_at(p, 8))).collect();
+                    s.hvm_params = data
+                        .chunks_exact(16)
+                        .map(|p| (u64_at(p, 0), u64_at(p, 8)))
+                        .collect();
                 }
                 k if k == Kind::Tsc as u32 => {
-                    let rec: &[u8; 24] = data.try_into().map_err(|_| anyhow::anyhow!("TSC record of {n} bytes"))?;
+                    let rec: &[u8; 24] = data
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("TSC record of {n} bytes"))?;
                     s.tsc = TscInfo::from_record(rec);
                 }
                 k if k == Kind::CpuidPolicy as u32 => s.cpu.cpuid = data.to_vec(),
                 k if k == Kind::MsrPolicy as u32 => s.cpu.msrs = data.to_vec(),
                 k if k == Kind::ConfigJson as u32 => {
-                    s.config_json = String::from_utf8(data.to_vec()).context("domain config is not UTF-8")?
+                    s.config_json =
+                        String::from_utf8(data.to_vec()).context("domain config is not UTF-8")?
                 }
                 k if k == Kind::HotSlots as u32 => {
                     s.hot_slots = data.chunks_exact(4).map(|c| u32_at(c, 0)).collect();
@@ -194,8 +224,14 @@ impl VmState {
         }
         ensure!(seen_meta, "restore state has no meta record");
         ensure!(!s.layout.is_empty(), "restore state has no memory layout");
-        ensure!(!s.hvm_context.is_empty(), "restore state has no HVM context");
-        ensure!(!s.config_json.is_empty(), "restore state has no domain configuration");
+        ensure!(
+            !s.hvm_context.is_empty(),
+            "restore state has no HVM context"
+        );
+        ensure!(
+            !s.config_json.is_empty(),
+            "restore state has no domain configuration"
+        );
         Ok(s)
     }
 }
@@ -235,14 +271,19 @@ pub fn domain_config_json(domid: u32) -> Result<String> {
         .args(["list", "-l", &domid.to_string()])
         .output()
         .context("running xl list -l")?;
-    ensure!(out.status.success(), "xl list -l {domid}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    ensure!(
+        out.status.success(),
+        "xl list -l {domid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     config_from_xl_list(&out.stdout)
 }
 
 /// Extracts the configuration from `xl list -l` output (see
 /// [`domain_config_json`]).
 pub fn config_from_xl_list(json: &[u8]) -> Result<String> {
-    let v: serde_json::Value = serde_json::from_slice(json).context("xl list -l printed no JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(json).context("xl list -l printed no JSON")?;
     let mut config = v
         .as_array()
         .and_then(|a| a.first())
@@ -264,11 +305,22 @@ mod tests {
             epoch: 42,
             interval_ms: 200,
             vcpus: 1,
-            layout: (0..0xa0).chain(0x100..0x8000).chain([0xfeff0, 0xfeff1]).collect(),
+            layout: (0..0xa0)
+                .chain(0x100..0x8000)
+                .chain([0xfeff0, 0xfeff1])
+                .collect(),
             hvm_context: vec![7; 3000],
             hvm_params: vec![(1, 0xfeffc), (17, 0xfeffd)],
-            tsc: TscInfo { mode: 0, khz: 2_000_000, nsec: 123_456_789, incarnation: 3 },
-            cpu: CpuPolicy { cpuid: vec![1; 24 * 60], msrs: vec![2; 16 * 3] },
+            tsc: TscInfo {
+                mode: 0,
+                khz: 2_000_000,
+                nsec: 123_456_789,
+                incarnation: 3,
+            },
+            cpu: CpuPolicy {
+                cpuid: vec![1; 24 * 60],
+                msrs: vec![2; 16 * 3],
+            },
             config_json: r#"{"c_info":{"name":"vm"}}"#.into(),
             hot_slots: vec![5, 9, 1],
         }
@@ -289,9 +341,15 @@ mod tests {
         for at in [HEADER, HEADER + 100, HEADER + body_len - 1] {
             let mut bad = t.clone();
             bad[at] ^= 0x40;
-            assert!(VmState::decode(&bad).unwrap_err().to_string().contains("checksum"));
+            assert!(VmState::decode(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum"));
         }
-        assert!(VmState::decode(&vec![0; trailer_bytes()]).unwrap_err().to_string().contains("no restore state"));
+        assert!(VmState::decode(&vec![0; trailer_bytes()])
+            .unwrap_err()
+            .to_string()
+            .contains("no restore state"));
         let mut v2 = t.clone();
         v2[8] = 2;
         assert!(VmState::decode(&v2).is_err());
@@ -303,7 +361,11 @@ mod tests {
         let mut meta = vec![0u8; 16];
         meta[8] = 100;
         record(&mut body, Kind::Meta, &meta);
-        record(&mut body, Kind::Layout, &[0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+        record(
+            &mut body,
+            Kind::Layout,
+            &[0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0],
+        );
         record(&mut body, Kind::HvmContext, &[1, 2, 3]);
         record(&mut body, Kind::ConfigJson, b"{}");
         let seal = |body: &[u8]| {
@@ -323,7 +385,10 @@ mod tests {
         let mut mandatory = body;
         mandatory.extend_from_slice(&0x77u32.to_le_bytes());
         mandatory.extend_from_slice(&0u32.to_le_bytes());
-        assert!(VmState::decode(&seal(&mandatory)).unwrap_err().to_string().contains("unknown mandatory"));
+        assert!(VmState::decode(&seal(&mandatory))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown mandatory"));
     }
 
     #[test]

@@ -28,10 +28,27 @@ extern "C" {
     fn xs_open(flags: c_ulong) -> *mut xs_handle;
     fn xs_close(h: *mut xs_handle);
     fn xs_read(h: *mut xs_handle, t: u32, path: *const c_char, len: *mut c_uint) -> *mut c_void;
-    fn xs_write(h: *mut xs_handle, t: u32, path: *const c_char, data: *const c_void, len: c_uint) -> bool;
+    fn xs_write(
+        h: *mut xs_handle,
+        t: u32,
+        path: *const c_char,
+        data: *const c_void,
+        len: c_uint,
+    ) -> bool;
     fn xs_rm(h: *mut xs_handle, t: u32, path: *const c_char) -> bool;
-    fn xs_directory(h: *mut xs_handle, t: u32, path: *const c_char, num: *mut c_uint) -> *mut *mut c_char;
-    fn xs_set_permissions(h: *mut xs_handle, t: u32, path: *const c_char, perms: *mut XsPermissions, num: c_uint) -> bool;
+    fn xs_directory(
+        h: *mut xs_handle,
+        t: u32,
+        path: *const c_char,
+        num: *mut c_uint,
+    ) -> *mut *mut c_char;
+    fn xs_set_permissions(
+        h: *mut xs_handle,
+        t: u32,
+        path: *const c_char,
+        perms: *mut XsPermissions,
+        num: c_uint,
+    ) -> bool;
     fn xs_transaction_start(h: *mut xs_handle) -> u32;
     fn xs_transaction_end(h: *mut xs_handle, t: u32, abort: bool) -> bool;
     fn xs_resume_domain(h: *mut xs_handle, domid: c_uint) -> bool;
@@ -53,7 +70,10 @@ impl Xenstore {
         // SAFETY: plain call; flags 0 = read-write, any transport.
         let h = unsafe { xs_open(0) };
         if h.is_null() {
-            bail!("cannot connect to xenstored: {}", io::Error::last_os_error());
+            bail!(
+                "cannot connect to xenstored: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(Xenstore { h })
     }
@@ -72,7 +92,10 @@ impl Xenstore {
             bail!("xenstore read {path}: {e}");
         }
         // SAFETY: xs_read returned `len` readable bytes at v.
-        let s = unsafe { String::from_utf8_lossy(std::slice::from_raw_parts(v as *const u8, len as usize)).into_owned() };
+        let s = unsafe {
+            String::from_utf8_lossy(std::slice::from_raw_parts(v as *const u8, len as usize))
+                .into_owned()
+        };
         // SAFETY: v was allocated by libxenstore with malloc.
         unsafe { free(v) };
         Ok(Some(s))
@@ -86,7 +109,15 @@ impl Xenstore {
     fn write_in(&self, t: u32, path: &str, value: &str) -> Result<()> {
         let p = cpath(path)?;
         // SAFETY: p is NUL-terminated, value's bytes are valid for its length.
-        if !unsafe { xs_write(self.h, t, p.as_ptr(), value.as_ptr() as *const c_void, value.len() as c_uint) } {
+        if !unsafe {
+            xs_write(
+                self.h,
+                t,
+                p.as_ptr(),
+                value.as_ptr() as *const c_void,
+                value.len() as c_uint,
+            )
+        } {
             bail!("xenstore write {path}: {}", io::Error::last_os_error());
         }
         Ok(())
@@ -120,7 +151,11 @@ impl Xenstore {
         }
         // SAFETY: v holds `num` pointers to NUL-terminated strings in the same block.
         let out = (0..num as usize)
-            .map(|i| unsafe { CStr::from_ptr(*v.add(i)) }.to_string_lossy().into_owned())
+            .map(|i| {
+                unsafe { CStr::from_ptr(*v.add(i)) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         // SAFETY: one block allocated by libxenstore with malloc.
         unsafe { free(v as *mut c_void) };
@@ -131,10 +166,22 @@ impl Xenstore {
     /// permissions: the first entry is the owner and the default for others).
     pub fn restrict(&self, path: &str, owner: u32, reader: u32) -> Result<()> {
         let p = cpath(path)?;
-        let mut perms = [XsPermissions { id: owner, perms: XS_PERM_NONE }, XsPermissions { id: reader, perms: XS_PERM_READ }];
+        let mut perms = [
+            XsPermissions {
+                id: owner,
+                perms: XS_PERM_NONE,
+            },
+            XsPermissions {
+                id: reader,
+                perms: XS_PERM_READ,
+            },
+        ];
         // SAFETY: perms is a valid array of 2 entries.
         if !unsafe { xs_set_permissions(self.h, XBT_NULL, p.as_ptr(), perms.as_mut_ptr(), 2) } {
-            bail!("xenstore set permissions on {path}: {}", io::Error::last_os_error());
+            bail!(
+                "xenstore set permissions on {path}: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -164,7 +211,10 @@ impl Xenstore {
                 return Ok(());
             }
             if io::Error::last_os_error().raw_os_error() != Some(11) {
-                bail!("xenstore transaction commit: {}", io::Error::last_os_error());
+                bail!(
+                    "xenstore transaction commit: {}",
+                    io::Error::last_os_error()
+                );
             }
         }
         bail!("xenstore transaction kept conflicting (EAGAIN 16 times)")
@@ -179,7 +229,10 @@ impl Xenstore {
     pub fn resume_domain(&self, domid: u32) -> Result<()> {
         // SAFETY: plain call.
         if !unsafe { xs_resume_domain(self.h, domid) } {
-            bail!("xenstore resume of domain {domid}: {}", io::Error::last_os_error());
+            bail!(
+                "xenstore resume of domain {domid}: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(())
     }

@@ -18,8 +18,13 @@ type Rx = Arc<Mutex<Receiver<HeapFrames>>>;
 /// Serves connections on an ephemeral port, one thread each, into one receiver.
 fn serve() -> (String, Rx) {
     let store = Store::new(HeapFrames::new(), 64 << 20);
-    let keys = [VmKey { name: "vm1".into(), key: KEY }];
-    let rx = Arc::new(Mutex::new(Receiver::new(store, &keys, ReceiverConfig::default()).expect("receiver")));
+    let keys = [VmKey {
+        name: "vm1".into(),
+        key: KEY,
+    }];
+    let rx = Arc::new(Mutex::new(
+        Receiver::new(store, &keys, ReceiverConfig::default()).expect("receiver"),
+    ));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let shared = rx.clone();
@@ -51,7 +56,13 @@ fn serve() -> (String, Rx) {
 }
 
 fn vm(pages: u64) -> VmIdentity {
-    VmIdentity { vm_id: vm_id_of("vm1"), uuid: [1; 16], name: "vm1".into(), pages, xl_config: "name = \"vm1\"\n".into() }
+    VmIdentity {
+        vm_id: vm_id_of("vm1"),
+        uuid: [1; 16],
+        name: "vm1".into(),
+        pages,
+        xl_config: "name = \"vm1\"\n".into(),
+    }
 }
 
 /// A deterministic image sequence: each epoch rewrites some pages.
@@ -99,16 +110,25 @@ fn epochs_commit_read_back_and_resume_after_reconnect() {
     sh.wait_ack().unwrap();
     assert_eq!(read_all(&mut sh, pages), img);
     sh.close().unwrap();
-    let st = rx.lock().unwrap().vm_status(vm_id_of("vm1")).map(|s| s.committed_epoch);
+    let st = rx
+        .lock()
+        .unwrap()
+        .vm_status(vm_id_of("vm1"))
+        .map(|s| s.committed_epoch);
     assert_eq!(st, Some(Some(6)));
 }
 
 #[test]
 fn a_primary_with_another_key_is_refused() {
     let (addr, _rx) = serve();
-    let err = Shipper::connect(&addr, &vm(16), [9; 32], 64, Duration::from_secs(10)).err().expect("refused");
+    let err = Shipper::connect(&addr, &vm(16), [9; 32], 64, Duration::from_secs(10))
+        .err()
+        .expect("refused");
     let text = format!("{err:#}");
-    assert!(text.contains("closed") || text.contains("refused") || text.contains("reading"), "{text}");
+    assert!(
+        text.contains("closed") || text.contains("refused") || text.contains("reading"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -57,7 +57,11 @@ pub mod profile {
     }
     /// (idle, stack, sockets) now.
     pub fn snapshot() -> (u64, u64, u64) {
-        (IDLE_NS.load(Relaxed), STACK_NS.load(Relaxed), SOCKETS_NS.load(Relaxed))
+        (
+            IDLE_NS.load(Relaxed),
+            STACK_NS.load(Relaxed),
+            SOCKETS_NS.load(Relaxed),
+        )
     }
 }
 
@@ -68,7 +72,13 @@ pub trait Service {
     fn accept(&mut self, now_ms: u64) -> Option<u64>;
     /// Bytes arrived on `conn`; replies go to `out`. An error closes the
     /// connection (after `out` is sent).
-    fn on_bytes(&mut self, conn: u64, data: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ()>;
+    fn on_bytes(
+        &mut self,
+        conn: u64,
+        data: &[u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ()>;
     /// More output for `conn` produced outside `on_bytes` (timers, a newer
     /// connection taking over). An error closes the connection after `out`.
     fn poll_output(&mut self, conn: u64, out: &mut Vec<u8>) -> Result<(), ()>;
@@ -182,7 +192,10 @@ impl Net {
             }
         }
         self.ensure_listener();
-        info!("net: interface {}/{} gw {:?}, TCP port {}", cfg.address, cfg.prefix, cfg.gateway, cfg.port);
+        info!(
+            "net: interface {}/{} gw {:?}, TCP port {}",
+            cfg.address, cfg.prefix, cfg.gateway, cfg.port
+        );
     }
 
     /// The event channel to wait on (None while netfront is disconnected).
@@ -254,7 +267,10 @@ impl Net {
                         c.id = Some(id);
                     }
                     None => {
-                        info!("net: connection from {:?} refused (no receiver)", s.remote_endpoint());
+                        info!(
+                            "net: connection from {:?} refused (no receiver)",
+                            s.remote_endpoint()
+                        );
                         s.abort();
                         continue;
                     }
@@ -328,7 +344,12 @@ impl Net {
                     s.close();
                 }
                 if !s.is_open() || !s.may_recv() {
-                    info!("net: connection {id} closed ({}): {} B in, {} B out", s.state(), c.bytes_in, c.bytes_out);
+                    info!(
+                        "net: connection {id} closed ({}): {} B in, {} B out",
+                        s.state(),
+                        c.bytes_in,
+                        c.bytes_out
+                    );
                     svc.on_close(id, now_ms);
                     c.id = None;
                     c.closing = s.is_open();

@@ -145,7 +145,12 @@ impl Sring {
         // SAFETY: `base` is a page from the frame allocator, mapped writable
         // and owned by the driver; the backend does not see it yet.
         unsafe { core::ptr::write_bytes(base, 0, PAGE_SIZE) };
-        let r = Sring { base, entry, req_prod_pvt: 0, rsp_cons: 0 };
+        let r = Sring {
+            base,
+            entry,
+            req_prod_pvt: 0,
+            rsp_cons: 0,
+        };
         r.set(REQ_EVENT, 1);
         r.set(RSP_EVENT, 1);
         r
@@ -165,7 +170,10 @@ impl Sring {
     fn slot(&self, idx: u32) -> *mut u8 {
         // SAFETY: the index is masked to the ring size, which fits the page
         // (checked at compile time above).
-        unsafe { self.base.add(RING_HDR + (idx & (RING_SIZE - 1)) as usize * self.entry) }
+        unsafe {
+            self.base
+                .add(RING_HDR + (idx & (RING_SIZE - 1)) as usize * self.entry)
+        }
     }
 
     fn write_req<T: Copy>(&mut self, req: T) {
@@ -307,7 +315,11 @@ pub struct Netfront {
     pub stats: Stats,
 }
 
-fn xs_u32<T: Transport>(xs: &mut Client<T>, path: &str, what: &'static str) -> Result<u32, NetError> {
+fn xs_u32<T: Transport>(
+    xs: &mut Client<T>,
+    path: &str,
+    what: &'static str,
+) -> Result<u32, NetError> {
     let v = xs.read(NO_TX, path).map_err(|e| NetError::Xs(what, e))?;
     v.trim().parse().map_err(|_| NetError::Bad(what, v))
 }
@@ -322,7 +334,10 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 fn alloc_buf() -> Result<Buf, NetError> {
-    Ok(Buf { frame: mm::alloc_frame().ok_or(NetError::NoMemory)?, gref: None })
+    Ok(Buf {
+        frame: mm::alloc_frame().ok_or(NetError::NoMemory)?,
+        gref: None,
+    })
 }
 
 impl Netfront {
@@ -372,7 +387,10 @@ impl Netfront {
     }
 
     fn backend_state<T: Transport>(&self, xs: &mut Client<T>) -> u32 {
-        xs.read(NO_TX, &format!("{}/state", self.backend)).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        xs.read(NO_TX, &format!("{}/state", self.backend))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn wait_backend<T: Transport>(
@@ -398,18 +416,32 @@ impl Netfront {
     /// Runs the xenbus handshake (see the module documentation).
     pub fn connect<T: Transport>(&mut self, xs: &mut Client<T>) -> Result<(), NetError> {
         let t0 = time::now_ns();
-        self.backend = xs.read(NO_TX, &format!("{DEVICE}/backend")).map_err(|e| NetError::Xs("backend", e))?;
+        self.backend = xs
+            .read(NO_TX, &format!("{DEVICE}/backend"))
+            .map_err(|e| NetError::Xs("backend", e))?;
         self.backend_id = xs_u32(xs, &format!("{DEVICE}/backend-id"), "backend-id")? as u16;
-        let mac = xs.read(NO_TX, &format!("{DEVICE}/mac")).map_err(|e| NetError::Xs("mac", e))?;
+        let mac = xs
+            .read(NO_TX, &format!("{DEVICE}/mac"))
+            .map_err(|e| NetError::Xs("mac", e))?;
         self.mac = parse_mac(&mac).ok_or(NetError::Bad("mac", mac))?;
-        let _ = xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::INITIALISING));
-        self.wait_backend(xs, "backend InitWait", |s| s == xenbus::INIT_WAIT, 20_000_000_000)?;
+        let _ = xs.write(
+            NO_TX,
+            &format!("{DEVICE}/state"),
+            &format!("{}", xenbus::INITIALISING),
+        );
+        self.wait_backend(
+            xs,
+            "backend InitWait",
+            |s| s == xenbus::INIT_WAIT,
+            20_000_000_000,
+        )?;
 
         // Grants the backend held at the last disconnect. A frame whose
         // grant is still mapped keeps its page: the frames are granted anew
         // below under fresh references either way.
         let before = self.stale_grants.len();
-        self.stale_grants.retain(|&g| gnttab::end_access(g).is_err());
+        self.stale_grants
+            .retain(|&g| gnttab::end_access(g).is_err());
         if before > 0 {
             info!(
                 "netfront: revoked {} stale grant(s), {} still mapped",
@@ -436,7 +468,8 @@ impl Netfront {
         }
         self.tx_free = (0..RING_SIZE as u16).rev().collect();
         self.rx_lent = None;
-        let port = hypercall::evtchn_alloc_unbound(be).map_err(|e| NetError::Xen("EVTCHNOP_alloc_unbound", e))?;
+        let port = hypercall::evtchn_alloc_unbound(be)
+            .map_err(|e| NetError::Xen("EVTCHNOP_alloc_unbound", e))?;
         events::mask(port);
         events::clear(port);
         self.port = Some(port);
@@ -466,11 +499,20 @@ impl Netfront {
             self.post_rx(id);
         }
         self.rx.push();
-        xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::CONNECTED))
-            .map_err(|e| NetError::Xs("state Connected", e))?;
+        xs.write(
+            NO_TX,
+            &format!("{DEVICE}/state"),
+            &format!("{}", xenbus::CONNECTED),
+        )
+        .map_err(|e| NetError::Xs("state Connected", e))?;
         // netback turns Connected only once dom0's hotplug script (vif-bridge) has run: 15 s
         // in a passing lab run after network-attach, over 20 s on a loaded TCG host.
-        self.wait_backend(xs, "backend Connected", |s| s == xenbus::CONNECTED, 60_000_000_000)?;
+        self.wait_backend(
+            xs,
+            "backend Connected",
+            |s| s == xenbus::CONNECTED,
+            60_000_000_000,
+        )?;
         self.connected = true;
         self.stats.connects += 1;
         events::notify(port);
@@ -501,10 +543,19 @@ impl Netfront {
     /// rather than reused), state `Closed`.
     pub fn disconnect<T: Transport>(&mut self, xs: &mut Client<T>) {
         self.connected = false;
-        let _ = xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::CLOSING));
+        let _ = xs.write(
+            NO_TX,
+            &format!("{DEVICE}/state"),
+            &format!("{}", xenbus::CLOSING),
+        );
         // The backend unmaps the rings when it leaves Connected; give it a
         // moment so that the grants can be revoked rather than leaked.
-        let _ = self.wait_backend(xs, "backend Closing", |s| s != xenbus::CONNECTED, 2_000_000_000);
+        let _ = self.wait_backend(
+            xs,
+            "backend Closing",
+            |s| s != xenbus::CONNECTED,
+            2_000_000_000,
+        );
         if let Some(p) = self.port.take() {
             let _ = hypercall::evtchn_close(p);
         }
@@ -519,7 +570,11 @@ impl Netfront {
                 }
             }
         }
-        let _ = xs.write(NO_TX, &format!("{DEVICE}/state"), &format!("{}", xenbus::CLOSED));
+        let _ = xs.write(
+            NO_TX,
+            &format!("{DEVICE}/state"),
+            &format!("{}", xenbus::CLOSED),
+        );
         warn!(
             "netfront: disconnected from {} ({} grant(s) still mapped by the backend, revoked later)",
             self.backend,
@@ -574,7 +629,10 @@ impl Netfront {
             let (off, len) = (r.offset as usize, r.status as isize);
             if len <= 0 || r.flags & NETRXF_MORE_OR_EXTRA != 0 || off + len as usize > PAGE_SIZE {
                 self.stats.rx_errors += 1;
-                debug!("netfront: rx response dropped: status {} flags {:#x} offset {off}", r.status, r.flags);
+                debug!(
+                    "netfront: rx response dropped: status {} flags {:#x} offset {off}",
+                    r.status, r.flags
+                );
                 self.post_rx(id);
                 continue;
             }
@@ -619,7 +677,11 @@ impl Netfront {
     pub fn send_with<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         self.reclaim_tx();
         let len = len.min(PAGE_SIZE);
-        let id = if self.connected { self.tx_free.pop() } else { None };
+        let id = if self.connected {
+            self.tx_free.pop()
+        } else {
+            None
+        };
         let Some(id) = id else {
             self.stats.tx_dropped += 1;
             let mut scratch = alloc::vec![0u8; len];
@@ -630,7 +692,13 @@ impl Netfront {
         let page = unsafe { core::slice::from_raw_parts_mut(b.frame.va, len) };
         let r = f(page);
         let gref = b.gref.expect("tx buffer granted");
-        self.tx.write_req(TxRequest { gref, offset: 0, flags: 0, id, size: len as u16 });
+        self.tx.write_req(TxRequest {
+            gref,
+            offset: 0,
+            flags: 0,
+            id,
+            size: len as u16,
+        });
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += len as u64;
         r

@@ -49,7 +49,11 @@ impl FrameAllocator for ApplianceFrames {
     }
 
     fn free(&mut self, pfn: u64) {
-        mm::free_frame(mm::Frame { pfn, mfn: 0, va: (pfn << 12) as *mut u8 });
+        mm::free_frame(mm::Frame {
+            pfn,
+            mfn: 0,
+            va: (pfn << 12) as *mut u8,
+        });
     }
 
     fn data(&self, pfn: u64) -> &[u8; PAGE_SIZE] {
@@ -101,7 +105,13 @@ fn now_ms() -> u64 {
 }
 
 fn keys_of(cfg: &Config) -> Vec<VmKey> {
-    cfg.keys.iter().map(|k| VmKey { name: k.vm_id.clone(), key: k.key }).collect()
+    cfg.keys
+        .iter()
+        .map(|k| VmKey {
+            name: k.vm_id.clone(),
+            key: k.key,
+        })
+        .collect()
 }
 
 impl Receiving {
@@ -180,7 +190,11 @@ impl Receiving {
                 }
                 match Receiver::new(store, &keys, rcfg) {
                     Ok(rx) => {
-                        info!("receiver: ready, store budget {} MiB, {} VM key(s)", cfg.memory_budget_mib, keys.len());
+                        info!(
+                            "receiver: ready, store budget {} MiB, {} VM key(s)",
+                            cfg.memory_budget_mib,
+                            keys.len()
+                        );
                         self.rx = Some(rx);
                         self.budget_mib = cfg.memory_budget_mib;
                     }
@@ -248,10 +262,18 @@ impl Receiving {
             let name = s.name.to_string();
             let vals: [(&'static str, String); 10] = [
                 ("state", s.state.as_str().to_string()),
-                ("committed_epoch", s.committed_epoch.map(|e| format!("{e}")).unwrap_or_default()),
+                (
+                    "committed_epoch",
+                    s.committed_epoch
+                        .map(|e| format!("{e}"))
+                        .unwrap_or_default(),
+                ),
                 ("epochs_committed", format!("{}", s.epochs_committed)),
                 ("bytes_received", format!("{}", s.bytes_received)),
-                ("last_heard_ms", s.last_heard_ms.map(|e| format!("{e}")).unwrap_or_default()),
+                (
+                    "last_heard_ms",
+                    s.last_heard_ms.map(|e| format!("{e}")).unwrap_or_default(),
+                ),
                 ("pages", s.pages.map(|e| format!("{e}")).unwrap_or_default()),
                 ("guest", s.guest_name.to_string()),
                 ("last_error", s.last_error.unwrap_or("").to_string()),
@@ -296,7 +318,10 @@ impl Receiving {
         let t0 = time::now_ns();
         let Some(rx) = self.rx.as_mut() else { return };
         let Some(st) = rx.vm_status(vm) else { return };
-        let (name, Some(epoch), Some(pages)) = (st.name.to_string(), st.committed_epoch, st.pages) else { return };
+        let (name, Some(epoch), Some(pages)) = (st.name.to_string(), st.committed_epoch, st.pages)
+        else {
+            return;
+        };
         if self.zero.is_none() {
             self.zero = mm::alloc_frame().inspect(|f| {
                 // SAFETY: a fresh frame, mapped writable, owned here for good.
@@ -352,7 +377,11 @@ impl Receiving {
                 break;
             }
             // SAFETY: directory frames are fresh, mapped writable, owned here.
-            unsafe { (frames[i / 512].va as *mut u64).add(i % 512).write(mfn.to_le()) };
+            unsafe {
+                (frames[i / 512].va as *mut u64)
+                    .add(i % 512)
+                    .write(mfn.to_le())
+            };
             i += 1;
         }
         // zero the unused tail of the last frame
@@ -371,8 +400,10 @@ impl Receiving {
         });
         match r {
             Ok(()) => {
-                self.written.insert((name.clone(), "pages"), format!("{pages}"));
-                self.written.insert((name.clone(), "committed_epoch"), format!("{epoch}"));
+                self.written
+                    .insert((name.clone(), "pages"), format!("{pages}"));
+                self.written
+                    .insert((name.clone(), "committed_epoch"), format!("{epoch}"));
                 if let Some(old) = self.dirs.insert(vm, PageDir { frames, epoch }) {
                     log::debug!("receiver: {name}: directory of epoch {} freed", old.epoch);
                     old.frames.into_iter().for_each(mm::free_frame);
@@ -393,13 +424,22 @@ impl Receiving {
 impl Service for Receiving {
     fn accept(&mut self, now_ms: u64) -> Option<u64> {
         let id = self.rx.as_mut().map(|rx| rx.accept(now_ms).0)?;
-        self.profile.insert(id, (time::now_ns(), 0, 0, super::profile::snapshot()));
+        self.profile
+            .insert(id, (time::now_ns(), 0, 0, super::profile::snapshot()));
         self.publish_ns = 0;
         Some(id)
     }
 
-    fn on_bytes(&mut self, conn: u64, data: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ()> {
-        let Some(rx) = self.rx.as_mut() else { return Err(()) };
+    fn on_bytes(
+        &mut self,
+        conn: u64,
+        data: &[u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ()> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(());
+        };
         let t0 = time::now_ns();
         rx.set_heap_free(Some(mm::heap_stats().1));
         let r = rx.on_bytes(ConnId(conn), data, now_ms, out).map_err(|e| {
@@ -413,7 +453,9 @@ impl Service for Receiving {
     }
 
     fn poll_output(&mut self, conn: u64, out: &mut Vec<u8>) -> Result<(), ()> {
-        let Some(rx) = self.rx.as_mut() else { return Err(()) };
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(());
+        };
         rx.poll_output(ConnId(conn), out).map_err(|e| {
             info!("receiver: connection {conn} ends: {e}");
         })

@@ -17,7 +17,10 @@ use super::{events, time};
 
 enum Sink {
     Hypervisor,
-    Ring { intf: *mut XenconsInterface, port: u32 },
+    Ring {
+        intf: *mut XenconsInterface,
+        port: u32,
+    },
 }
 
 // SAFETY: the ring pointer refers to the console page, mapped for the whole
@@ -56,7 +59,10 @@ fn ring_write(intf: *mut XenconsInterface, port: u32, mut bytes: &[u8]) {
             match ring::produce(out, prod, cons, bytes) {
                 Ok(n) if n > 0 => {
                     fence(Ordering::Release);
-                    core::ptr::write_volatile(addr_of_mut!((*intf).out_prod), prod.wrapping_add(n as u32));
+                    core::ptr::write_volatile(
+                        addr_of_mut!((*intf).out_prod),
+                        prod.wrapping_add(n as u32),
+                    );
                     n
                 }
                 Ok(_) => 0,

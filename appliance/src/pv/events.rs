@@ -45,7 +45,11 @@ fn word(si: *mut SharedInfo, port: u32, mask: bool) -> &'static AtomicU64 {
     // and Xen updates them with atomic operations, so they are accessed as
     // AtomicU64 here as well.
     unsafe {
-        let p = if mask { addr_of_mut!((*si).evtchn_mask[idx]) } else { addr_of_mut!((*si).evtchn_pending[idx]) };
+        let p = if mask {
+            addr_of_mut!((*si).evtchn_mask[idx])
+        } else {
+            addr_of_mut!((*si).evtchn_pending[idx])
+        };
         AtomicU64::from_ptr(p)
     }
 }

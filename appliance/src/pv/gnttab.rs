@@ -55,7 +55,10 @@ impl core::fmt::Display for GntError {
 
 /// Sets the grant table up; returns (frames, entries, max frames).
 pub fn init() -> Result<(u32, u32, u32), GntError> {
-    let mut q = GnttabQuerySize { dom: abi::DOMID_SELF, ..Default::default() };
+    let mut q = GnttabQuerySize {
+        dom: abi::DOMID_SELF,
+        ..Default::default()
+    };
     // SAFETY: one gnttab_query_size on the stack.
     unsafe { hypercall::grant_table_op(abi::GNTTABOP_QUERY_SIZE, &mut q as *mut _ as *mut u8, 1) }
         .map_err(|e| GntError::Xen("GNTTABOP_query_size", e))?;
@@ -64,10 +67,17 @@ pub fn init() -> Result<(u32, u32, u32), GntError> {
     }
     let nr = WANT_FRAMES.min(q.max_nr_frames.max(1));
     let mut frames = [0u64; WANT_FRAMES as usize];
-    let mut st = GnttabSetupTable { dom: abi::DOMID_SELF, nr_frames: nr, status: 0, frame_list: frames.as_mut_ptr() };
+    let mut st = GnttabSetupTable {
+        dom: abi::DOMID_SELF,
+        nr_frames: nr,
+        status: 0,
+        frame_list: frames.as_mut_ptr(),
+    };
     // SAFETY: `st` points at `frames`, which has room for `nr` MFNs.
-    unsafe { hypercall::grant_table_op(abi::GNTTABOP_SETUP_TABLE, &mut st as *mut _ as *mut u8, 1) }
-        .map_err(|e| GntError::Xen("GNTTABOP_setup_table", e))?;
+    unsafe {
+        hypercall::grant_table_op(abi::GNTTABOP_SETUP_TABLE, &mut st as *mut _ as *mut u8, 1)
+    }
+    .map_err(|e| GntError::Xen("GNTTABOP_setup_table", e))?;
     if st.status != 0 {
         return Err(GntError::Status(st.status));
     }
@@ -82,7 +92,11 @@ pub fn init() -> Result<(u32, u32, u32), GntError> {
     }
     let count = nr * (PAGE_SIZE / core::mem::size_of::<GrantEntryV1>()) as u32;
     let free = (abi::GNTTAB_NR_RESERVED_ENTRIES..count).rev().collect();
-    *TABLE.lock() = Some(Table { entries: base as *mut GrantEntryV1, count, free });
+    *TABLE.lock() = Some(Table {
+        entries: base as *mut GrantEntryV1,
+        count,
+        free,
+    });
     Ok((nr, count, q.max_nr_frames))
 }
 
@@ -119,7 +133,9 @@ pub fn end_access(gref: u32) -> Result<(), GntError> {
         if cur & (abi::GTF_READING | abi::GTF_WRITING) != 0 {
             return Err(GntError::InUse);
         }
-        if a.compare_exchange(cur, 0, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if a.compare_exchange(cur, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
             return Err(GntError::InUse);
         }
     }

@@ -23,7 +23,13 @@ impl Log for ConsoleLogger {
             Level::Debug => "DEBUG",
             Level::Trace => "TRACE",
         };
-        crate::println!("[{:5}.{:06}] {} {}", us / 1_000_000, us % 1_000_000, tag, r.args());
+        crate::println!(
+            "[{:5}.{:06}] {} {}",
+            us / 1_000_000,
+            us % 1_000_000,
+            tag,
+            r.args()
+        );
     }
 
     fn flush(&self) {}

@@ -182,7 +182,8 @@ impl Memory {
                     }];
                     // SAFETY: links a fresh, zeroed table into an empty slot:
                     // no existing mapping changes.
-                    unsafe { hypercall::mmu_update(&req) }.map_err(|e| MmError::Xen("link page table", e))?;
+                    unsafe { hypercall::mmu_update(&req) }
+                        .map_err(|e| MmError::Xen("link page table", e))?;
                     break;
                 }
                 table_mfn = entry_mfn(e);
@@ -194,7 +195,8 @@ impl Memory {
     fn flush(batch: &mut [MmuUpdate], n: &mut usize) -> Result<(), MmError> {
         if *n > 0 {
             // SAFETY: the batch only fills empty L1 slots with free frames.
-            unsafe { hypercall::mmu_update(&batch[..*n]) }.map_err(|e| MmError::Xen("map memory", e))?;
+            unsafe { hypercall::mmu_update(&batch[..*n]) }
+                .map_err(|e| MmError::Xen("map memory", e))?;
             *n = 0;
         }
         Ok(())
@@ -223,7 +225,10 @@ impl Memory {
             if slot.1 & pte::PRESENT != 0 {
                 continue;
             }
-            batch[n] = MmuUpdate { ptr: slot.0 | abi::MMU_NORMAL_PT_UPDATE, val: (mfn << PAGE_SHIFT) | DATA_PAGE };
+            batch[n] = MmuUpdate {
+                ptr: slot.0 | abi::MMU_NORMAL_PT_UPDATE,
+                val: (mfn << PAGE_SHIFT) | DATA_PAGE,
+            };
             n += 1;
             newly += 1;
             if n == batch.len() {
@@ -241,7 +246,8 @@ pub fn init(bi: &BootInfo) -> Result<InitReport, MmError> {
     // SAFETY: Xen maps the p2m list (nr_pages u64) at start_info.mfn_list in
     // the boot mapping; nothing ever writes it (the appliance does not
     // balloon).
-    let p2m: &'static [u64] = unsafe { core::slice::from_raw_parts(bi.mfn_list as *const u64, nr_pages as usize) };
+    let p2m: &'static [u64] =
+        unsafe { core::slice::from_raw_parts(bi.mfn_list as *const u64, nr_pages as usize) };
     let l4_va = bi.pt_base;
     let l4_mfn = p2m[(l4_va >> PAGE_SHIFT) as usize];
 
@@ -293,12 +299,20 @@ pub fn init(bi: &BootInfo) -> Result<InitReport, MmError> {
     // (the checkpoint store, network buffers) uses the frame allocator. The
     // heap holds the store's page maps and, per connected primary, a few MiB
     // of protocol and decoder buffers (a first full epoch peaks near 4 MiB).
-    let heap_pages = (nr_pages / 8).clamp(256, 16384).min(mem.frames.free_frames() / 2);
-    let heap_pfn = mem.frames.alloc_contiguous(heap_pages).ok_or(MmError::OutOfFrames)?;
+    let heap_pages = (nr_pages / 8)
+        .clamp(256, 16384)
+        .min(mem.frames.free_frames() / 2);
+    let heap_pfn = mem
+        .frames
+        .alloc_contiguous(heap_pages)
+        .ok_or(MmError::OutOfFrames)?;
     mem.heap_bytes = heap_pages * PAGE_SIZE as u64;
     // SAFETY: the run of frames is mapped writable (1:1), free, contiguous
     // and given to the heap for good.
-    unsafe { HEAP.lock().init((heap_pfn << PAGE_SHIFT) as *mut u8, mem.heap_bytes as usize) };
+    unsafe {
+        HEAP.lock()
+            .init((heap_pfn << PAGE_SHIFT) as *mut u8, mem.heap_bytes as usize)
+    };
 
     let report = InitReport {
         nr_pages,
@@ -331,8 +345,15 @@ pub fn map_foreign(mfn: u64, writable: bool) -> Result<*mut u8, MmError> {
     let mem = g.as_mut().expect("mm::init not run");
     let va = mem.io_next;
     let (slot, _) = mem.ensure_tables(va)?;
-    let flags = if writable { DATA_PAGE } else { pte::PRESENT | pte::ACCESSED };
-    let req = [MmuUpdate { ptr: slot | abi::MMU_NORMAL_PT_UPDATE, val: (mfn << PAGE_SHIFT) | flags | pte::NX }];
+    let flags = if writable {
+        DATA_PAGE
+    } else {
+        pte::PRESENT | pte::ACCESSED
+    };
+    let req = [MmuUpdate {
+        ptr: slot | abi::MMU_NORMAL_PT_UPDATE,
+        val: (mfn << PAGE_SHIFT) | flags | pte::NX,
+    }];
     // SAFETY: fills an unused slot of the IO window.
     unsafe { hypercall::mmu_update(&req) }.map_err(|e| MmError::Xen("map foreign frame", e))?;
     mem.io_next += PAGE_SIZE as u64;
@@ -360,7 +381,11 @@ pub fn alloc_frame() -> Option<Frame> {
     let mut g = MEMORY.lock();
     let mem = g.as_mut()?;
     let pfn = mem.frames.alloc()?;
-    Some(Frame { pfn, mfn: mem.mfn(pfn), va: (pfn << PAGE_SHIFT) as *mut u8 })
+    Some(Frame {
+        pfn,
+        mfn: mem.mfn(pfn),
+        va: (pfn << PAGE_SHIFT) as *mut u8,
+    })
 }
 
 /// Allocates `n` frames with consecutive PFNs, so mapped at consecutive
@@ -369,7 +394,11 @@ pub fn alloc_contiguous(n: u64) -> Option<Frame> {
     let mut g = MEMORY.lock();
     let mem = g.as_mut()?;
     let pfn = mem.frames.alloc_contiguous(n)?;
-    Some(Frame { pfn, mfn: mem.mfn(pfn), va: (pfn << PAGE_SHIFT) as *mut u8 })
+    Some(Frame {
+        pfn,
+        mfn: mem.mfn(pfn),
+        va: (pfn << PAGE_SHIFT) as *mut u8,
+    })
 }
 
 /// Returns a frame obtained from [`alloc_frame`].
@@ -388,9 +417,15 @@ pub fn heap_stats() -> (usize, usize) {
 /// Memory figures for the status.
 pub fn report() -> MemoryReport {
     let g = MEMORY.lock();
-    let Some(mem) = g.as_ref() else { return MemoryReport::default() };
+    let Some(mem) = g.as_ref() else {
+        return MemoryReport::default();
+    };
     let total_kib = mem.frames.total_frames() * 4;
     let capacity_kib = mem.frames.free_frames() * 4;
     let heap_free_kib = HEAP.lock().free() as u64 / 1024;
-    MemoryReport { total_kib, used_kib: total_kib - capacity_kib - heap_free_kib, capacity_kib }
+    MemoryReport {
+        total_kib,
+        used_kib: total_kib - capacity_kib - heap_free_kib,
+        capacity_kib,
+    }
 }

@@ -12,7 +12,9 @@ static LAST_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Current Xen system time in ns (0 before shared_info is mapped).
 pub fn now_ns() -> u64 {
-    let Some(si) = events::shared_info() else { return 0 };
+    let Some(si) = events::shared_info() else {
+        return 0;
+    };
     // SAFETY: shared_info is mapped for the life of the domain; Xen updates
     // the record concurrently, bracketed by an odd/even version number, so
     // every field is read with volatile loads and the copy retried until the
@@ -38,7 +40,9 @@ pub fn now_ns() -> u64 {
     } else {
         delta >>= (-t.tsc_shift) as u32;
     }
-    let ns = t.system_time.wrapping_add(((delta as u128 * t.tsc_to_system_mul as u128) >> 32) as u64);
+    let ns = t
+        .system_time
+        .wrapping_add(((delta as u128 * t.tsc_to_system_mul as u128) >> 32) as u64);
     // Extrapolating from an older record can land slightly ahead of the next
     // record's value; never let the clock go backwards.
     LAST_NS.fetch_max(ns, Ordering::Relaxed).max(ns)

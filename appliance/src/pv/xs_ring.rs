@@ -29,7 +29,11 @@ impl XsRing {
     /// `intf` must map the domain's xenstore page for the life of the value.
     pub unsafe fn new(intf: *mut XenstoreDomainInterface, port: u32) -> XsRing {
         events::mask(port);
-        XsRing { intf, port, timeout_ns: 30_000_000_000 }
+        XsRing {
+            intf,
+            port,
+            timeout_ns: 30_000_000_000,
+        }
     }
 
     fn wait_until(&self, deadline: u64) -> Result<(), XsError> {
@@ -59,7 +63,9 @@ impl XsRing {
         if !events::is_pending(self.port) && time::now_ns() >= slice_end && slice_end < deadline {
             let kicks = KICKS.fetch_add(1, Ordering::Relaxed) + 1;
             if kicks.is_power_of_two() {
-                log::warn!("xenstore: no news for 1 s, notifying xenstored again ({kicks} time(s) so far)");
+                log::warn!(
+                    "xenstore: no news for 1 s, notifying xenstored again ({kicks} time(s) so far)"
+                );
             }
             events::notify(self.port);
         }
@@ -85,7 +91,10 @@ impl Transport for XsRing {
                     .map_err(|_| XsError::Transport("request ring indices corrupt"))?;
                 if n > 0 {
                     fence(Ordering::Release);
-                    write_volatile(addr_of_mut!((*self.intf).req_prod), prod.wrapping_add(n as u32));
+                    write_volatile(
+                        addr_of_mut!((*self.intf).req_prod),
+                        prod.wrapping_add(n as u32),
+                    );
                 }
                 n
             };
@@ -115,7 +124,10 @@ impl Transport for XsRing {
                     .map_err(|_| XsError::Transport("response ring indices corrupt"))?;
                 if n > 0 {
                     fence(Ordering::Release);
-                    write_volatile(addr_of_mut!((*self.intf).rsp_cons), cons.wrapping_add(n as u32));
+                    write_volatile(
+                        addr_of_mut!((*self.intf).rsp_cons),
+                        cons.wrapping_add(n as u32),
+                    );
                 }
                 n
             };

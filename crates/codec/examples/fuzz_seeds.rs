@@ -4,7 +4,9 @@
 use resilire_codec::{Encoder, EncoderConfig, PAGE_SIZE};
 
 fn main() {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus/decode".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "fuzz/corpus/decode".into());
     std::fs::create_dir_all(&dir).unwrap();
     let pages = 8usize;
     let mut img = vec![0u8; pages * PAGE_SIZE];
@@ -17,7 +19,11 @@ fn main() {
             let bs = 32usize << sel;
             let cfg = EncoderConfig {
                 block_size: bs,
-                batch_len: if batch { EncoderConfig::default().batch_len } else { 0 },
+                batch_len: if batch {
+                    EncoderConfig::default().batch_len
+                } else {
+                    0
+                },
                 ..EncoderConfig::default()
             };
             let mut enc = Encoder::new(cfg, pages as u64).unwrap();

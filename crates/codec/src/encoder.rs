@@ -192,7 +192,10 @@ fn block_diff_count(m: &[u64; PAGE_SIZE / 64], b: usize, bs: usize) -> usize {
         m[b % (PAGE_SIZE / 64)].count_ones() as usize
     } else if bs > 64 {
         let w = b * bs / 64;
-        m[w..w + bs / 64].iter().map(|x| x.count_ones() as usize).sum()
+        m[w..w + bs / 64]
+            .iter()
+            .map(|x| x.count_ones() as usize)
+            .sum()
     } else {
         let bit = b * bs;
         ((m[bit / 64] >> (bit % 64)) & ((1u64 << bs) - 1)).count_ones() as usize
@@ -200,7 +203,11 @@ fn block_diff_count(m: &[u64; PAGE_SIZE / 64], b: usize, bs: usize) -> usize {
 }
 
 /// zstd-compresses `src` into `zout`; returns the frame size without its magic number.
-fn compress(zc: &mut zstd::bulk::Compressor<'static>, src: &[u8], zout: &mut Vec<u8>) -> Option<usize> {
+fn compress(
+    zc: &mut zstd::bulk::Compressor<'static>,
+    src: &[u8],
+    zout: &mut Vec<u8>,
+) -> Option<usize> {
     zout.clear();
     match zc.compress_to_buffer(src, zout) {
         Ok(n) if n > 4 && zout[..4] == crate::ZSTD_MAGIC => Some(n - 4),
@@ -268,7 +275,10 @@ impl Encoder {
             return Err(BlockSizeError(bs));
         }
         let log2 = cfg.index_slots_log2.unwrap_or_else(|| {
-            (total_blocks / 4).max(1024).next_power_of_two().trailing_zeros()
+            (total_blocks / 4)
+                .max(1024)
+                .next_power_of_two()
+                .trailing_zeros()
         });
         let slots = 1usize << log2.min(32);
         let mut zc = zstd::bulk::Compressor::new(cfg.zstd_level).expect("zstd context");
@@ -283,7 +293,9 @@ impl Encoder {
         }
         Ok(Encoder {
             cfg: EncoderConfig {
-                max_chunk_len: cfg.max_chunk_len.clamp(MAX_RECORD_LEN + SLACK, MAX_CHUNK_LEN),
+                max_chunk_len: cfg
+                    .max_chunk_len
+                    .clamp(MAX_RECORD_LEN + SLACK, MAX_CHUNK_LEN),
                 batch_len: cfg.batch_len.min(MAX_BATCH_LEN - MAX_RECORD_LEN),
                 ..cfg
             },
@@ -415,7 +427,9 @@ impl Encoder {
         self.stats.blocks_changed += changed as u64;
         if pfn < self.next_pfn {
             self.flush(emit);
-        } else if self.chunk.len() + self.batch.len() + MAX_RECORD_LEN + SLACK > self.cfg.max_chunk_len {
+        } else if self.chunk.len() + self.batch.len() + MAX_RECORD_LEN + SLACK
+            > self.cfg.max_chunk_len
+        {
             self.seal_batch();
             if self.chunk.len() + MAX_RECORD_LEN + SLACK > self.cfg.max_chunk_len {
                 self.flush(emit);
@@ -529,13 +543,24 @@ impl Encoder {
                     }
                     Kind::Lit => {
                         put_op(&mut self.ops, op::LIT, n);
-                        self.ops_spans.push((self.ops.len() as u32, (n * bs) as u32));
+                        self.ops_spans
+                            .push((self.ops.len() as u32, (n * bs) as u32));
                         self.ops.extend_from_slice(&page[b * bs..e * bs]);
                     }
                     Kind::Xor => {
                         let start = self.ops.len();
                         let o = &self.shadow[base..base + PAGE_SIZE];
-                        let lit = put_delta(&mut self.ops, &mut self.ops_spans, o, page, &self.dmask[..], b, e, bs, self.cfg.patch);
+                        let lit = put_delta(
+                            &mut self.ops,
+                            &mut self.ops_spans,
+                            o,
+                            page,
+                            &self.dmask[..],
+                            b,
+                            e,
+                            bs,
+                            self.cfg.patch,
+                        );
                         if lit && self.kinds[b..e].contains(&Kind::Skip) {
                             // Mostly new content: literal blocks, but keep the unchanged
                             // blocks of the run as skips.
@@ -551,7 +576,17 @@ impl Encoder {
                                     put_op(&mut self.ops, op::SKIP, j - i);
                                 } else {
                                     let o = &self.shadow[base..base + PAGE_SIZE];
-                                    put_delta(&mut self.ops, &mut self.ops_spans, o, page, &self.dmask[..], i, j, bs, self.cfg.patch);
+                                    put_delta(
+                                        &mut self.ops,
+                                        &mut self.ops_spans,
+                                        o,
+                                        page,
+                                        &self.dmask[..],
+                                        i,
+                                        j,
+                                        bs,
+                                        self.cfg.patch,
+                                    );
                                 }
                                 i = j;
                             }
@@ -592,7 +627,8 @@ impl Encoder {
                 0 => {
                     self.batch.push(tag::RAW_PAGE);
                     varint::put(&mut self.batch, delta);
-                    self.batch_spans.push((self.batch.len() as u32, PAGE_SIZE as u32));
+                    self.batch_spans
+                        .push((self.batch.len() as u32, PAGE_SIZE as u32));
                     self.batch.extend_from_slice(page);
                     self.stats.raw_pages += 1;
                 }
@@ -601,7 +637,8 @@ impl Encoder {
                     varint::put(&mut self.batch, delta);
                     varint::put(&mut self.batch, ops_len as u64);
                     let base = self.batch.len() as u32;
-                    self.batch_spans.extend(self.ops_spans.iter().map(|&(s, l)| (base + s, l)));
+                    self.batch_spans
+                        .extend(self.ops_spans.iter().map(|&(s, l)| (base + s, l)));
                     self.batch.extend_from_slice(&self.ops);
                     self.stats.ops_pages += 1;
                 }
@@ -672,10 +709,21 @@ impl Encoder {
                 {
                     let (mut c, mut l) = (Vec::new(), Vec::new());
                     crate::split::split(&self.batch, self.bs, &mut c, &mut l).expect("split");
-                    assert!(c == self.ctl && l == self.lit, "literal spans disagree with split::split");
+                    assert!(
+                        c == self.ctl && l == self.lit,
+                        "literal spans disagree with split::split"
+                    );
                 }
-                let cc = if self.ctl.is_empty() { Some(0) } else { compress(&mut self.zc, &self.ctl, &mut self.zout) };
-                let lc = if self.lit.is_empty() { Some(0) } else { compress(&mut self.zc, &self.lit, &mut self.zout2) };
+                let cc = if self.ctl.is_empty() {
+                    Some(0)
+                } else {
+                    compress(&mut self.zc, &self.ctl, &mut self.zout)
+                };
+                let lc = if self.lit.is_empty() {
+                    Some(0)
+                } else {
+                    compress(&mut self.zc, &self.lit, &mut self.zout2)
+                };
                 if let (Some(cc), Some(lc)) = (cc, lc) {
                     let total = 1
                         + varint::len(self.batch.len() as u64)

@@ -107,7 +107,11 @@ pub struct BlockSizeError(pub usize);
 
 impl fmt::Display for BlockSizeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unsupported block size {} (power of two in 32..=4096)", self.0)
+        write!(
+            f,
+            "unsupported block size {} (power of two in 32..=4096)",
+            self.0
+        )
     }
 }
 
@@ -285,7 +289,15 @@ pub mod zrle {
     }
 
     #[inline]
-    fn put_pair(out: &mut Vec<u8>, old: &[u8], new: &[u8], zs: usize, ls: usize, i: usize, xor: bool) {
+    fn put_pair(
+        out: &mut Vec<u8>,
+        old: &[u8],
+        new: &[u8],
+        zs: usize,
+        ls: usize,
+        i: usize,
+        xor: bool,
+    ) {
         varint::put(out, (ls - zs) as u64);
         varint::put(out, (i - ls) as u64);
         if xor {
@@ -365,7 +377,8 @@ pub mod zrle {
         const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
         const ONES: u64 = 0x0101_0101_0101_0101;
         const GATHER: u64 = 0x0102_0408_1020_4080;
-        let x = u64::from_le_bytes(x.try_into().unwrap_or([0; 8])) ^ u64::from_le_bytes(y.try_into().unwrap_or([0; 8]));
+        let x = u64::from_le_bytes(x.try_into().unwrap_or([0; 8]))
+            ^ u64::from_le_bytes(y.try_into().unwrap_or([0; 8]));
         // 0x01 in every byte of x that is not zero, gathered into the top byte by one multiply.
         let t = ((((x & LO7).wrapping_add(LO7)) | x) >> 7) & ONES;
         t.wrapping_mul(GATHER) >> 56
@@ -441,7 +454,15 @@ pub mod zrle {
     /// same bytes as [`encode_xor`] / [`encode_patch`] of `old[s..e]`, `new[s..e]`, from the
     /// byte mask `m` of [`diff_mask`] over the whole of `old` and `new` (the run boundaries are
     /// found with bit scans instead of byte compares).
-    pub fn encode_masked(old: &[u8], new: &[u8], m: &[u64], s: usize, e: usize, out: &mut Vec<u8>, xor: bool) {
+    pub fn encode_masked(
+        old: &[u8],
+        new: &[u8],
+        m: &[u64],
+        s: usize,
+        e: usize,
+        out: &mut Vec<u8>,
+        xor: bool,
+    ) {
         let mut i = s;
         while i < e {
             let zs = i;
@@ -631,7 +652,8 @@ pub mod split {
         fn lit(&mut self, n: usize) -> Result<(), Malformed> {
             let at = self.pos();
             let l = self.src.take(n)?;
-            self.ctl.extend_from_slice(self.all.get(self.mark..at).ok_or(Malformed)?);
+            self.ctl
+                .extend_from_slice(self.all.get(self.mark..at).ok_or(Malformed)?);
             self.lit.extend_from_slice(l);
             self.mark = at + n;
             Ok(())
@@ -642,7 +664,8 @@ pub mod split {
         }
         fn finish(&mut self) -> Result<(), Malformed> {
             let at = self.pos();
-            self.ctl.extend_from_slice(self.all.get(self.mark..at).ok_or(Malformed)?);
+            self.ctl
+                .extend_from_slice(self.all.get(self.mark..at).ok_or(Malformed)?);
             self.mark = at;
             Ok(())
         }
@@ -696,17 +719,44 @@ pub mod split {
     /// Appends the control bytes of `records` to `ctl` and its literal bytes to `lit`. Fails
     /// (with partial output) if `records` holds anything but whole ZERO_PAGE, RAW_PAGE and OPS
     /// records for block size `bs`.
-    pub fn split(records: &[u8], bs: usize, ctl: &mut Vec<u8>, lit: &mut Vec<u8>) -> Result<(), Malformed> {
+    pub fn split(
+        records: &[u8],
+        bs: usize,
+        ctl: &mut Vec<u8>,
+        lit: &mut Vec<u8>,
+    ) -> Result<(), Malformed> {
         crate::check_block_size(bs).map_err(|_| Malformed)?;
-        walk(&mut Splitter { src: Cursor::new(records), all: records, mark: 0, ctl, lit }, bs)
+        walk(
+            &mut Splitter {
+                src: Cursor::new(records),
+                all: records,
+                mark: 0,
+                ctl,
+                lit,
+            },
+            bs,
+        )
     }
 
     /// Merges a control and a literal stream back into records, appended to `out` (which must
     /// not grow beyond `max` bytes). Both streams must be consumed exactly.
-    pub fn merge(ctl: &[u8], lit: &[u8], bs: usize, out: &mut Vec<u8>, max: usize) -> Result<(), Malformed> {
+    pub fn merge(
+        ctl: &[u8],
+        lit: &[u8],
+        bs: usize,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<(), Malformed> {
         crate::check_block_size(bs).map_err(|_| Malformed)?;
         let max = max.max(out.len());
-        let mut m = Merger { ctl: Cursor::new(ctl), ctl_all: ctl, mark: 0, lit: Cursor::new(lit), out, max };
+        let mut m = Merger {
+            ctl: Cursor::new(ctl),
+            ctl_all: ctl,
+            mark: 0,
+            lit: Cursor::new(lit),
+            out,
+            max,
+        };
         walk(&mut m, bs)?;
         if m.lit.is_empty() {
             Ok(())
@@ -784,7 +834,9 @@ impl<E: fmt::Debug> fmt::Display for DecodeError<E> {
                 write!(f, "unknown record tag {tag:#x} at offset {offset}")
             }
             DecodeError::PfnOutOfRange { pfn } => write!(f, "page {pfn} beyond the image"),
-            DecodeError::RefOutOfRange { pfn } => write!(f, "reference beyond the image in page {pfn}"),
+            DecodeError::RefOutOfRange { pfn } => {
+                write!(f, "reference beyond the image in page {pfn}")
+            }
             DecodeError::Zstd { pfn } => write!(f, "bad compressed op stream in page {pfn}"),
             DecodeError::Target(e) => write!(f, "target refused: {e:?}"),
             DecodeError::OutOfMemory => write!(f, "decoder scratch memory exhausted"),
@@ -817,7 +869,9 @@ pub struct Decoder {
 
 impl fmt::Debug for Decoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Decoder").field("block_size", &self.block_size).finish()
+        f.debug_struct("Decoder")
+            .field("block_size", &self.block_size)
+            .finish()
     }
 }
 
@@ -882,7 +936,9 @@ impl Decoder {
                 let ctl_frame = cur.take(ctl_clen).map_err(bad)?;
                 let lit_clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
                 let lit_frame = cur.take(lit_clen).map_err(bad)?;
-                if !room(&mut self.zframe, ctl_clen.max(lit_clen) + ZSTD_MAGIC.len()) || !room(&mut self.streams, raw_len) {
+                if !room(&mut self.zframe, ctl_clen.max(lit_clen) + ZSTD_MAGIC.len())
+                    || !room(&mut self.streams, raw_len)
+                {
                     return Err(DecodeError::OutOfMemory);
                 }
                 let mut streams = core::mem::take(&mut self.streams);
@@ -890,7 +946,11 @@ impl Decoder {
                 let r = match self.inflate_streams(ctl_frame, lit_frame, ctl_len, &mut streams) {
                     Ok(()) => {
                         let (c, l) = streams.split_at(ctl_len.min(raw_len));
-                        let mut two = TwoSrc { ctl: Cursor::new(c), lit: Cursor::new(l), len: raw_len };
+                        let mut two = TwoSrc {
+                            ctl: Cursor::new(c),
+                            lit: Cursor::new(l),
+                            len: raw_len,
+                        };
                         self.apply_split(target, &mut two, offset, next_pfn, stats)
                     }
                     Err(_) => Err(DecodeError::Malformed { offset }),
@@ -906,7 +966,9 @@ impl Decoder {
                 let raw_len = cur.varint_max(MAX_BATCH_LEN).map_err(bad)?;
                 let clen = cur.varint_max(MAX_CHUNK_LEN).map_err(bad)?;
                 let frame = cur.take(clen).map_err(bad)?;
-                if !room(&mut self.zframe, clen + ZSTD_MAGIC.len()) || !room(&mut self.batch, raw_len) {
+                if !room(&mut self.zframe, clen + ZSTD_MAGIC.len())
+                    || !room(&mut self.batch, raw_len)
+                {
                     return Err(DecodeError::OutOfMemory);
                 }
                 let mut batch = core::mem::take(&mut self.batch);
@@ -936,7 +998,10 @@ impl Decoder {
         stats: &mut ChunkStats,
     ) -> Result<(), DecodeError<T::Error>> {
         while !src.ctl.is_empty() {
-            let t = src.ctl.u8().map_err(|_| DecodeError::Malformed { offset })?;
+            let t = src
+                .ctl
+                .u8()
+                .map_err(|_| DecodeError::Malformed { offset })?;
             if !matches!(t, tag::ZERO_PAGE | tag::RAW_PAGE | tag::OPS) {
                 return Err(DecodeError::Malformed { offset });
             }
@@ -961,7 +1026,9 @@ impl Decoder {
         let bad = |_| DecodeError::Malformed { offset };
         let page_count = target.page_count();
         let delta = src.ctl().varint().map_err(bad)?;
-        let pfn = next_pfn.checked_add(delta).ok_or(DecodeError::Malformed { offset })?;
+        let pfn = next_pfn
+            .checked_add(delta)
+            .ok_or(DecodeError::Malformed { offset })?;
         if pfn >= page_count {
             return Err(DecodeError::PfnOutOfRange { pfn });
         }
@@ -971,11 +1038,21 @@ impl Decoder {
             tag::RAW_PAGE => {
                 let data = src.lit(PAGE_SIZE).map_err(bad)?;
                 self.page.copy_from_slice(data);
-                target.write_page(pfn, &self.page).map_err(DecodeError::Target)?;
+                target
+                    .write_page(pfn, &self.page)
+                    .map_err(DecodeError::Target)?;
             }
             tag::OPS => {
                 let len = src.ctl().varint_max(MAX_OPS_LEN).map_err(bad)?;
-                apply_ops(target, pfn, self.block_size, src, len, &mut self.page, offset)?;
+                apply_ops(
+                    target,
+                    pfn,
+                    self.block_size,
+                    src,
+                    len,
+                    &mut self.page,
+                    offset,
+                )?;
             }
             tag::ZOPS => {
                 let cur = src.ctl();
@@ -986,10 +1063,20 @@ impl Decoder {
                     return Err(DecodeError::OutOfMemory);
                 }
                 let mut ops = core::mem::take(&mut self.ops);
-                let r = self.inflate(frame, &mut ops[..raw_len]).map_err(|_| DecodeError::Zstd { pfn });
+                let r = self
+                    .inflate(frame, &mut ops[..raw_len])
+                    .map_err(|_| DecodeError::Zstd { pfn });
                 let r = r.and_then(|()| {
                     let mut one = OneSrc::new(&ops[..raw_len]);
-                    apply_ops(target, pfn, self.block_size, &mut one, raw_len, &mut self.page, offset)
+                    apply_ops(
+                        target,
+                        pfn,
+                        self.block_size,
+                        &mut one,
+                        raw_len,
+                        &mut self.page,
+                        offset,
+                    )
                 });
                 self.ops = ops;
                 r?;
@@ -1034,7 +1121,10 @@ impl Decoder {
         self.zframe.clear();
         self.zframe.extend_from_slice(&ZSTD_MAGIC);
         self.zframe.extend_from_slice(frame);
-        let n = self.zdec.decode_all(&self.zframe, out).map_err(|_| Malformed)?;
+        let n = self
+            .zdec
+            .decode_all(&self.zframe, out)
+            .map_err(|_| Malformed)?;
         if n != out.len() {
             return Err(Malformed);
         }
@@ -1101,7 +1191,10 @@ struct OneSrc<'a> {
 
 impl<'a> OneSrc<'a> {
     fn new(b: &'a [u8]) -> Self {
-        OneSrc { cur: Cursor::new(b), len: b.len() }
+        OneSrc {
+            cur: Cursor::new(b),
+            len: b.len(),
+        }
     }
 }
 
@@ -1183,7 +1276,9 @@ fn apply_ops<'a, T: PageTarget, S: Src<'a>>(
     offset: usize,
 ) -> Result<(), DecodeError<T::Error>> {
     let bad = |_| DecodeError::Malformed { offset };
-    target.read_bytes(pfn, 0, &mut page[..]).map_err(DecodeError::Target)?;
+    target
+        .read_bytes(pfn, 0, &mut page[..])
+        .map_err(DecodeError::Target)?;
     let bpp = PAGE_SIZE / bs;
     let total_blocks = target.page_count().saturating_mul(bpp as u64);
     let mut blk = 0usize;
@@ -1201,7 +1296,9 @@ fn apply_ops<'a, T: PageTarget, S: Src<'a>>(
             return Err(DecodeError::Malformed { offset });
         }
         let range = blk * bs..(blk + n) * bs;
-        let dst = page.get_mut(range).ok_or(DecodeError::Malformed { offset })?;
+        let dst = page
+            .get_mut(range)
+            .ok_or(DecodeError::Malformed { offset })?;
         match kind {
             op::SKIP => {}
             op::ZERO => dst.fill(0),
@@ -1218,7 +1315,9 @@ fn apply_ops<'a, T: PageTarget, S: Src<'a>>(
                 for (i, d) in dst.chunks_exact_mut(bs).enumerate() {
                     let s = s0 + i as u64;
                     let off = (s % bpp as u64) as usize * bs;
-                    target.read_bytes(s / bpp as u64, off, d).map_err(DecodeError::Target)?;
+                    target
+                        .read_bytes(s / bpp as u64, off, d)
+                        .map_err(DecodeError::Target)?;
                 }
                 pred = Some(s0 + n as u64);
             }
@@ -1242,7 +1341,9 @@ pub struct FlatImage {
 impl FlatImage {
     /// An all-zero image of `pages` pages.
     pub fn zeroed(pages: usize) -> Self {
-        FlatImage { bytes: vec![0u8; pages * PAGE_SIZE] }
+        FlatImage {
+            bytes: vec![0u8; pages * PAGE_SIZE],
+        }
     }
 }
 

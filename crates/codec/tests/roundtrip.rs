@@ -66,13 +66,20 @@ struct Knobs {
 }
 
 fn knobs() -> impl Strategy<Value = Knobs> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d, e)| Knobs {
-        small_index: a,
-        small_chunks: b,
-        batches: c,
-        patch: d,
-        split: e,
-    })
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(a, b, c, d, e)| Knobs {
+            small_index: a,
+            small_chunks: b,
+            batches: c,
+            patch: d,
+            split: e,
+        })
 }
 
 fn roundtrip(block_size: usize, epochs: &[Vec<Mutation>], k: Knobs) {
@@ -80,8 +87,16 @@ fn roundtrip(block_size: usize, epochs: &[Vec<Mutation>], k: Knobs) {
         block_size,
         index_slots_log2: if k.small_index { Some(3) } else { None },
         // 0 is raised to the smallest legal value: many chunks.
-        max_chunk_len: if k.small_chunks { 0 } else { resilire_codec::MAX_CHUNK_LEN },
-        batch_len: if k.batches { EncoderConfig::default().batch_len } else { 0 },
+        max_chunk_len: if k.small_chunks {
+            0
+        } else {
+            resilire_codec::MAX_CHUNK_LEN
+        },
+        batch_len: if k.batches {
+            EncoderConfig::default().batch_len
+        } else {
+            0
+        },
         patch: k.patch,
         split: k.split,
         ..EncoderConfig::default()
@@ -101,7 +116,10 @@ fn roundtrip(block_size: usize, epochs: &[Vec<Mutation>], k: Knobs) {
             dec.apply_chunk(&mut backup, c).unwrap();
         }
         enc.commit_epoch();
-        assert!(backup.bytes == img, "decoded image differs at block size {block_size}");
+        assert!(
+            backup.bytes == img,
+            "decoded image differs at block size {block_size}"
+        );
         assert!(enc.shadow() == &img[..]);
     }
 }
@@ -121,7 +139,12 @@ proptest! {
 
 /// The records of an epoch encoded without batches (inline ZERO_PAGE/RAW_PAGE/OPS records).
 fn inline_records(block_size: usize, epochs: &[Vec<Mutation>]) -> Vec<Vec<u8>> {
-    let cfg = EncoderConfig { block_size, batch_len: 0, zstd_level: -131072, ..EncoderConfig::default() };
+    let cfg = EncoderConfig {
+        block_size,
+        batch_len: 0,
+        zstd_level: -131072,
+        ..EncoderConfig::default()
+    };
     let mut enc = Encoder::new(cfg, PAGES as u64).unwrap();
     let mut img = vec![0u8; PAGES * PAGE_SIZE];
     let mut out = Vec::new();

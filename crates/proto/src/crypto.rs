@@ -52,7 +52,11 @@ fn hkdf(key: &Key, salt: &[u8], info: &[&[u8]]) -> [u8; 32] {
 /// material the appliance never repeats (a boot-persistent or monotonic counter, a clock, and any
 /// hardware randomness it has, such as RDRAND). See SPEC.md, "Salts and replays".
 pub fn derive_appliance_salt(key: &Key, primary_salt: &Salt, local_material: &[u8]) -> Salt {
-    hkdf(key, primary_salt, &[b"resilire/1 appliance-salt", local_material])
+    hkdf(
+        key,
+        primary_salt,
+        &[b"resilire/1 appliance-salt", local_material],
+    )
 }
 
 /// A sealing/opening key for one direction of one connection.
@@ -65,11 +69,19 @@ impl DirKey {
     /// The key that seals the HELLO frame: bound to the VM key and the primary's salt only.
     pub(crate) fn hello(key: &Key, primary_salt: &Salt) -> DirKey {
         let k = hkdf(key, primary_salt, &[b"resilire/1 hello p2a"]);
-        DirKey { aead: ChaCha20Poly1305::new(&k.into()), dir: Dir::P2A }
+        DirKey {
+            aead: ChaCha20Poly1305::new(&k.into()),
+            dir: Dir::P2A,
+        }
     }
 
     /// The key of one direction of an established connection: bound to both salts.
-    pub(crate) fn session(key: &Key, primary_salt: &Salt, appliance_salt: &Salt, dir: Dir) -> DirKey {
+    pub(crate) fn session(
+        key: &Key,
+        primary_salt: &Salt,
+        appliance_salt: &Salt,
+        dir: Dir,
+    ) -> DirKey {
         let mut salt = [0u8; 2 * SALT_LEN];
         salt[..SALT_LEN].copy_from_slice(primary_salt);
         salt[SALT_LEN..].copy_from_slice(appliance_salt);
@@ -78,7 +90,10 @@ impl DirKey {
             Dir::A2P => b"resilire/1 session a2p",
         };
         let k = hkdf(key, &salt, &[label]);
-        DirKey { aead: ChaCha20Poly1305::new(&k.into()), dir }
+        DirKey {
+            aead: ChaCha20Poly1305::new(&k.into()),
+            dir,
+        }
     }
 
     /// The 96-bit nonce: direction byte, three zero bytes, sequence number (big-endian).
@@ -90,16 +105,31 @@ impl DirKey {
     }
 
     /// Encrypts `buf` in place and returns the tag.
-    pub(crate) fn seal(&self, seq: u64, aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], ProtoError> {
+    pub(crate) fn seal(
+        &self,
+        seq: u64,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], ProtoError> {
         let tag = self
             .aead
             .encrypt_in_place_detached(&self.nonce(seq), aad, buf)
-            .map_err(|_| ProtoError::FieldTooLong { field: "payload", len: buf.len(), max: crate::MAX_PAYLOAD })?;
+            .map_err(|_| ProtoError::FieldTooLong {
+                field: "payload",
+                len: buf.len(),
+                max: crate::MAX_PAYLOAD,
+            })?;
         Ok(tag.into())
     }
 
     /// Authenticates and decrypts `buf` in place.
-    pub(crate) fn open(&self, seq: u64, aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), ProtoError> {
+    pub(crate) fn open(
+        &self,
+        seq: u64,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), ProtoError> {
         self.aead
             .decrypt_in_place_detached(&self.nonce(seq), aad, buf, Tag::from_slice(tag))
             .map_err(|_| ProtoError::AuthFailed)

@@ -69,18 +69,29 @@ impl fmt::Display for ProtoError {
             ProtoError::UnsupportedVersion(v) => write!(f, "unsupported protocol version {v}"),
             ProtoError::UnknownKind(k) => write!(f, "unknown message kind {k:#04x}"),
             ProtoError::ReservedBitsSet => write!(f, "reserved header bits set"),
-            ProtoError::FrameTooLarge(n) => write!(f, "frame length {n} exceeds the limit {}", crate::MAX_SEALED),
+            ProtoError::FrameTooLarge(n) => write!(
+                f,
+                "frame length {n} exceeds the limit {}",
+                crate::MAX_SEALED
+            ),
             ProtoError::FrameTooShort(n) => write!(f, "frame length {n} is shorter than the tag"),
             ProtoError::Truncated => write!(f, "stream ended inside a frame"),
             ProtoError::UnknownVm(v) => write!(f, "no key for VM {v}"),
-            ProtoError::VmMismatch { expected, got } => write!(f, "frame for VM {got} on the connection of VM {expected}"),
+            ProtoError::VmMismatch { expected, got } => {
+                write!(f, "frame for VM {got} on the connection of VM {expected}")
+            }
             ProtoError::BadSequence { expected, got } => {
-                write!(f, "sequence number {got}, expected {expected} (replay or reordering)")
+                write!(
+                    f,
+                    "sequence number {got}, expected {expected} (replay or reordering)"
+                )
             }
             ProtoError::AuthFailed => write!(f, "frame failed authentication"),
             ProtoError::UnexpectedKind(k) => write!(f, "message kind {k:#04x} not allowed here"),
             ProtoError::Malformed(w) => write!(f, "malformed payload: {w}"),
-            ProtoError::FieldTooLong { field, len, max } => write!(f, "field {field} has {len} bytes, limit {max}"),
+            ProtoError::FieldTooLong { field, len, max } => {
+                write!(f, "field {field} has {len} bytes, limit {max}")
+            }
             ProtoError::BadValue(w) => write!(f, "bad value: {w}"),
             ProtoError::NotReady => write!(f, "handshake not complete"),
             ProtoError::SequenceExhausted => write!(f, "sequence numbers exhausted"),

@@ -66,6 +66,11 @@ impl Header {
         if (sealed_len as usize) < TAG_LEN {
             return Err(ProtoError::FrameTooShort(sealed_len));
         }
-        Ok(Header { kind, vm_id, seq, sealed_len })
+        Ok(Header {
+            kind,
+            vm_id,
+            seq,
+            sealed_len,
+        })
     }
 }

@@ -71,8 +71,8 @@ pub use crypto::{derive_appliance_salt, Key, Salt, KEY_LEN, SALT_LEN, TAG_LEN};
 pub use error::ProtoError;
 pub use frame::{Header, HEADER_LEN, MAGIC, VERSION};
 pub use msg::{
-    decode_payload, encode_payload, Ack, Bye, Commit, EpochData, ErrorCode, ErrorMsg, Heartbeat, Hello, Kind,
-    Message, Read, ReadReply, Welcome,
+    decode_payload, encode_payload, Ack, Bye, Commit, EpochData, ErrorCode, ErrorMsg, Heartbeat,
+    Hello, Kind, Message, Read, ReadReply, Welcome,
 };
 pub use session::{KeyLookup, Role, Session, SingleKey, FEED_BUFFER_BOUND, FEED_SLICE};
 

@@ -3,8 +3,8 @@
 use crate::error::ProtoError;
 use crate::wire::{check_len, put_bytes16, put_bytes32, Cursor};
 use crate::{
-    MAX_BLOCK_SIZE, MAX_CHUNK, MAX_CODEC_PARAMS, MAX_NAME, MAX_READ_PAGES, MAX_REASON, MAX_XL_CONFIG,
-    MIN_BLOCK_SIZE, PAGE_SIZE,
+    MAX_BLOCK_SIZE, MAX_CHUNK, MAX_CODEC_PARAMS, MAX_NAME, MAX_READ_PAGES, MAX_REASON,
+    MAX_XL_CONFIG, MIN_BLOCK_SIZE, PAGE_SIZE,
 };
 use alloc::vec::Vec;
 
@@ -57,13 +57,22 @@ impl Kind {
     pub fn from_primary(self) -> bool {
         matches!(
             self,
-            Kind::Hello | Kind::Epoch | Kind::Commit | Kind::Read | Kind::Heartbeat | Kind::Error | Kind::Bye
+            Kind::Hello
+                | Kind::Epoch
+                | Kind::Commit
+                | Kind::Read
+                | Kind::Heartbeat
+                | Kind::Error
+                | Kind::Bye
         )
     }
 
     /// Whether the appliance may send this kind.
     pub fn from_appliance(self) -> bool {
-        matches!(self, Kind::Welcome | Kind::Ack | Kind::ReadReply | Kind::Heartbeat | Kind::Error | Kind::Bye)
+        matches!(
+            self,
+            Kind::Welcome | Kind::Ack | Kind::ReadReply | Kind::Heartbeat | Kind::Error | Kind::Bye
+        )
     }
 }
 
@@ -267,7 +276,11 @@ fn check_read_count(n: u32) -> Result<(), ProtoError> {
 
 /// Checks the data of READ_REPLY: whole pages, at most [`MAX_READ_PAGES`].
 fn check_read_data(d: &[u8]) -> Result<(), ProtoError> {
-    check_len("read reply data", d.len(), MAX_READ_PAGES as usize * PAGE_SIZE)?;
+    check_len(
+        "read reply data",
+        d.len(),
+        MAX_READ_PAGES as usize * PAGE_SIZE,
+    )?;
     if !d.len().is_multiple_of(PAGE_SIZE) {
         return Err(ProtoError::BadValue("read reply data is not whole pages"));
     }
@@ -325,7 +338,12 @@ pub fn encode_payload(m: &Message<'_>, out: &mut Vec<u8>) -> Result<(), ProtoErr
             check_read_data(r.data)?;
             out.extend_from_slice(&r.request_id.to_le_bytes());
             out.extend_from_slice(&r.first_pfn.to_le_bytes());
-            put_bytes32(out, "read reply data", r.data, MAX_READ_PAGES as usize * PAGE_SIZE)?;
+            put_bytes32(
+                out,
+                "read reply data",
+                r.data,
+                MAX_READ_PAGES as usize * PAGE_SIZE,
+            )?;
         }
         Message::Error(e) => {
             out.extend_from_slice(&e.code.0.to_le_bytes());
@@ -381,13 +399,21 @@ pub fn decode_payload(kind: Kind, p: &[u8]) -> Result<Message<'_>, ProtoError> {
             if max_chunk as usize > MAX_CHUNK || max_chunk == 0 {
                 return Err(ProtoError::BadValue("max chunk"));
             }
-            Message::Welcome(Welcome { committed_epoch, features, max_chunk })
+            Message::Welcome(Welcome {
+                committed_epoch,
+                features,
+                max_chunk,
+            })
         }
         Kind::Epoch => {
             let epoch = c.u64("epoch")?;
             let chunk_index = c.u32("chunk index")?;
             let data = c.bytes32("epoch chunk", MAX_CHUNK)?;
-            Message::Epoch(EpochData { epoch, chunk_index, data })
+            Message::Epoch(EpochData {
+                epoch,
+                chunk_index,
+                data,
+            })
         }
         Kind::Commit => Message::Commit(Commit {
             epoch: c.u64("epoch")?,
@@ -395,10 +421,18 @@ pub fn decode_payload(kind: Kind, p: &[u8]) -> Result<Message<'_>, ProtoError> {
             pages: c.u64("pages")?,
             digest: c.array::<32>("digest")?,
         }),
-        Kind::Ack => Message::Ack(Ack { epoch: c.u64("epoch")? }),
-        Kind::Heartbeat => Message::Heartbeat(Heartbeat { time_ms: c.u64("time")? }),
+        Kind::Ack => Message::Ack(Ack {
+            epoch: c.u64("epoch")?,
+        }),
+        Kind::Heartbeat => Message::Heartbeat(Heartbeat {
+            time_ms: c.u64("time")?,
+        }),
         Kind::Read => {
-            let r = Read { request_id: c.u32("request id")?, first_pfn: c.u64("pfn")?, count: c.u32("count")? };
+            let r = Read {
+                request_id: c.u32("request id")?,
+                first_pfn: c.u64("pfn")?,
+                count: c.u32("count")?,
+            };
             check_read_count(r.count)?;
             Message::Read(r)
         }
@@ -407,14 +441,20 @@ pub fn decode_payload(kind: Kind, p: &[u8]) -> Result<Message<'_>, ProtoError> {
             let first_pfn = c.u64("pfn")?;
             let data = c.bytes32("read reply data", MAX_READ_PAGES as usize * PAGE_SIZE)?;
             check_read_data(data)?;
-            Message::ReadReply(ReadReply { request_id, first_pfn, data })
+            Message::ReadReply(ReadReply {
+                request_id,
+                first_pfn,
+                data,
+            })
         }
         Kind::Error => {
             let code = ErrorCode(c.u16("code")?);
             let reason = c.str16("reason", MAX_REASON)?;
             Message::Error(ErrorMsg { code, reason })
         }
-        Kind::Bye => Message::Bye(Bye { code: ErrorCode(c.u16("code")?) }),
+        Kind::Bye => Message::Bye(Bye {
+            code: ErrorCode(c.u16("code")?),
+        }),
     };
     let _extension = c.rest();
     Ok(m)

@@ -88,7 +88,14 @@ impl Session<SingleKey> {
     /// [`Message::Hello`].
     pub fn primary(vm_id: u64, key: Key, primary_salt: Salt) -> Self {
         let hello = DirKey::hello(&key, &primary_salt);
-        let mut s = Session::new(Role::Primary, SingleKey { vm_id, key: key.clone() }, [0; 32]);
+        let mut s = Session::new(
+            Role::Primary,
+            SingleKey {
+                vm_id,
+                key: key.clone(),
+            },
+            [0; 32],
+        );
         s.vm_id = Some(vm_id);
         s.key = Some(key);
         s.primary_salt = Some(primary_salt);
@@ -228,7 +235,13 @@ impl<L: KeyLookup> Session<L> {
             return Err(e);
         }
         let sealed_len = (out.len() - body + TAG_LEN) as u32;
-        let header = Header { kind, vm_id, seq, sealed_len }.to_bytes();
+        let header = Header {
+            kind,
+            vm_id,
+            seq,
+            sealed_len,
+        }
+        .to_bytes();
         let (aad, plain) = out[start..].split_at_mut(body - start);
         aad[..HEADER_LEN].copy_from_slice(&header);
         match key.seal(seq, aad, plain) {
@@ -337,18 +350,28 @@ impl<L: KeyLookup> Session<L> {
             self.consumed = 0;
         }
         let base = self.consumed;
-        let Some(hb) = self.buf.get(base..base + HEADER_LEN) else { return Ok(None) };
+        let Some(hb) = self.buf.get(base..base + HEADER_LEN) else {
+            return Ok(None);
+        };
         let mut hbytes = [0u8; HEADER_LEN];
         hbytes.copy_from_slice(hb);
         let h = Header::parse(&hbytes)?;
 
         // Which VM: bound already, or (appliance, first frame) looked up from the clear id.
         match self.vm_id {
-            Some(v) if v != h.vm_id => return Err(ProtoError::VmMismatch { expected: v, got: h.vm_id }),
+            Some(v) if v != h.vm_id => {
+                return Err(ProtoError::VmMismatch {
+                    expected: v,
+                    got: h.vm_id,
+                })
+            }
             _ => {}
         }
         if h.seq != self.recv_seq {
-            return Err(ProtoError::BadSequence { expected: self.recv_seq, got: h.seq });
+            return Err(ProtoError::BadSequence {
+                expected: self.recv_seq,
+                got: h.seq,
+            });
         }
         let allowed = match self.role {
             Role::Appliance => h.kind.from_primary() && ((h.seq == 0) == (h.kind == Kind::Hello)),
@@ -370,7 +393,10 @@ impl<L: KeyLookup> Session<L> {
         let mut fresh_key: Option<DirKey> = None;
         let key: &DirKey = if h.seq == 0 {
             let key = match self.role {
-                Role::Appliance => self.lookup.key_for(h.vm_id).ok_or(ProtoError::UnknownVm(h.vm_id))?,
+                Role::Appliance => self
+                    .lookup
+                    .key_for(h.vm_id)
+                    .ok_or(ProtoError::UnknownVm(h.vm_id))?,
                 Role::Primary => {
                     if self.send_seq == 0 {
                         // HELLO not sent yet: the appliance speaks first? Refuse.
@@ -383,7 +409,11 @@ impl<L: KeyLookup> Session<L> {
                 return Ok(None);
             }
             let mut salt = [0u8; SALT_LEN];
-            salt.copy_from_slice(self.buf.get(base + HEADER_LEN..base + aad_len).ok_or(ProtoError::Truncated)?);
+            salt.copy_from_slice(
+                self.buf
+                    .get(base + HEADER_LEN..base + aad_len)
+                    .ok_or(ProtoError::Truncated)?,
+            );
             let k = match self.role {
                 Role::Appliance => {
                     let a = derive_appliance_salt(&key, &salt, &self.local_material);
@@ -406,7 +436,10 @@ impl<L: KeyLookup> Session<L> {
             self.recv_key.as_ref().ok_or(ProtoError::NotReady)?
         };
 
-        let frame = self.buf.get_mut(base..base + total).ok_or(ProtoError::Truncated)?;
+        let frame = self
+            .buf
+            .get_mut(base..base + total)
+            .ok_or(ProtoError::Truncated)?;
         let (aad, rest) = frame.split_at_mut(aad_len);
         let (plain, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
         let mut t = [0u8; TAG_LEN];
@@ -421,7 +454,11 @@ impl<L: KeyLookup> Session<L> {
                 &key,
                 &ps,
                 &asalt,
-                if self.role == Role::Primary { Dir::P2A } else { Dir::A2P },
+                if self.role == Role::Primary {
+                    Dir::P2A
+                } else {
+                    Dir::A2P
+                },
             ));
             if self.role == Role::Appliance {
                 self.recv_key = Some(DirKey::session(&key, &ps, &asalt, Dir::P2A));

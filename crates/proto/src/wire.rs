@@ -25,7 +25,10 @@ impl<'a> Cursor<'a> {
     }
 
     /// Takes a fixed-size array.
-    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ProtoError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<[u8; N], ProtoError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, what)?);
         Ok(a)
@@ -52,14 +55,22 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads bytes prefixed by a u16 length, checking the limit before taking them.
-    pub(crate) fn bytes16(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], ProtoError> {
+    pub(crate) fn bytes16(
+        &mut self,
+        what: &'static str,
+        max: usize,
+    ) -> Result<&'a [u8], ProtoError> {
         let n = usize::from(self.u16(what)?);
         check_len(what, n, max)?;
         self.take(n, what)
     }
 
     /// Reads bytes prefixed by a u32 length, checking the limit before taking them.
-    pub(crate) fn bytes32(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], ProtoError> {
+    pub(crate) fn bytes32(
+        &mut self,
+        what: &'static str,
+        max: usize,
+    ) -> Result<&'a [u8], ProtoError> {
         let n = usize::try_from(self.u32(what)?).map_err(|_| ProtoError::Malformed(what))?;
         check_len(what, n, max)?;
         self.take(n, what)
@@ -91,7 +102,12 @@ pub(crate) fn check_len(field: &'static str, len: usize, max: usize) -> Result<(
 }
 
 /// Appends a u16-length-prefixed byte string after checking its limit.
-pub(crate) fn put_bytes16(out: &mut Vec<u8>, what: &'static str, b: &[u8], max: usize) -> Result<(), ProtoError> {
+pub(crate) fn put_bytes16(
+    out: &mut Vec<u8>,
+    what: &'static str,
+    b: &[u8],
+    max: usize,
+) -> Result<(), ProtoError> {
     check_len(what, b.len(), max.min(usize::from(u16::MAX)))?;
     out.extend_from_slice(&(b.len() as u16).to_le_bytes());
     out.extend_from_slice(b);
@@ -99,7 +115,12 @@ pub(crate) fn put_bytes16(out: &mut Vec<u8>, what: &'static str, b: &[u8], max: 
 }
 
 /// Appends a u32-length-prefixed byte string after checking its limit.
-pub(crate) fn put_bytes32(out: &mut Vec<u8>, what: &'static str, b: &[u8], max: usize) -> Result<(), ProtoError> {
+pub(crate) fn put_bytes32(
+    out: &mut Vec<u8>,
+    what: &'static str,
+    b: &[u8],
+    max: usize,
+) -> Result<(), ProtoError> {
     check_len(what, b.len(), max.min(u32::MAX as usize))?;
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);

@@ -19,21 +19,44 @@ enum Owned {
 impl Owned {
     fn msg(&self) -> Message<'_> {
         match self {
-            Owned::Epoch(e, i, d) => Message::Epoch(EpochData { epoch: *e, chunk_index: *i, data: d }),
-            Owned::Commit(e, c, p, d) => Message::Commit(Commit { epoch: *e, chunks: *c, pages: *p, digest: *d }),
+            Owned::Epoch(e, i, d) => Message::Epoch(EpochData {
+                epoch: *e,
+                chunk_index: *i,
+                data: d,
+            }),
+            Owned::Commit(e, c, p, d) => Message::Commit(Commit {
+                epoch: *e,
+                chunks: *c,
+                pages: *p,
+                digest: *d,
+            }),
             Owned::Heartbeat(t) => Message::Heartbeat(Heartbeat { time_ms: *t }),
-            Owned::Read(r, p, c) => Message::Read(Read { request_id: *r, first_pfn: *p, count: *c }),
-            Owned::Error(c, r) => Message::Error(ErrorMsg { code: ErrorCode(*c), reason: r }),
-            Owned::Bye(c) => Message::Bye(Bye { code: ErrorCode(*c) }),
+            Owned::Read(r, p, c) => Message::Read(Read {
+                request_id: *r,
+                first_pfn: *p,
+                count: *c,
+            }),
+            Owned::Error(c, r) => Message::Error(ErrorMsg {
+                code: ErrorCode(*c),
+                reason: r,
+            }),
+            Owned::Bye(c) => Message::Bye(Bye {
+                code: ErrorCode(*c),
+            }),
         }
     }
 }
 
 fn owned() -> impl Strategy<Value = Owned> {
     prop_oneof![
-        (any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..2048))
+        (
+            any::<u64>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..2048)
+        )
             .prop_map(|(e, i, d)| Owned::Epoch(e, i, d)),
-        (any::<u64>(), any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(e, c, p, d)| Owned::Commit(e, c, p, d)),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<[u8; 32]>())
+            .prop_map(|(e, c, p, d)| Owned::Commit(e, c, p, d)),
         any::<u64>().prop_map(Owned::Heartbeat),
         (any::<u32>(), any::<u64>(), 1..=MAX_READ_PAGES).prop_map(|(r, p, c)| Owned::Read(r, p, c)),
         (any::<u16>(), "\\PC{0,200}").prop_map(|(c, r)| Owned::Error(c, r)),
@@ -66,17 +89,19 @@ fn hello_owned() -> impl Strategy<Value = HelloOwned> {
         proptest::collection::vec(any::<u8>(), 0..=MAX_CODEC_PARAMS),
         "\\PC{0,500}",
     )
-        .prop_map(|(uuid, name, mem, bs_log, group, features, codec, params, xl)| HelloOwned {
-            uuid,
-            name,
-            mem,
-            bs_log,
-            group,
-            features,
-            codec,
-            params,
-            xl,
-        })
+        .prop_map(
+            |(uuid, name, mem, bs_log, group, features, codec, params, xl)| HelloOwned {
+                uuid,
+                name,
+                mem,
+                bs_log,
+                group,
+                features,
+                codec,
+                params,
+                xl,
+            },
+        )
 }
 
 fn keys() -> BTreeMap<u64, Key> {

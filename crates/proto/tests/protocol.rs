@@ -33,7 +33,11 @@ fn hello() -> Message<'static> {
 }
 
 fn welcome(committed: Option<u64>) -> Message<'static> {
-    Message::Welcome(Welcome { committed_epoch: committed, features: 0, max_chunk: MAX_CHUNK as u32 })
+    Message::Welcome(Welcome {
+        committed_epoch: committed,
+        features: 0,
+        max_chunk: MAX_CHUNK as u32,
+    })
 }
 
 type Appliance = Session<BTreeMap<u64, Key>>;
@@ -59,18 +63,40 @@ fn pair() -> (Session, Appliance) {
 }
 
 fn epoch(n: u64, data: &[u8]) -> Message<'_> {
-    Message::Epoch(EpochData { epoch: n, chunk_index: 0, data })
+    Message::Epoch(EpochData {
+        epoch: n,
+        chunk_index: 0,
+        data,
+    })
 }
 
 fn primary_messages(data: &[u8]) -> Vec<Message<'_>> {
     vec![
         epoch(42, data),
-        Message::Epoch(EpochData { epoch: 42, chunk_index: 1, data: &[] }),
-        Message::Commit(Commit { epoch: 42, chunks: 2, pages: 17, digest: [5; 32] }),
+        Message::Epoch(EpochData {
+            epoch: 42,
+            chunk_index: 1,
+            data: &[],
+        }),
+        Message::Commit(Commit {
+            epoch: 42,
+            chunks: 2,
+            pages: 17,
+            digest: [5; 32],
+        }),
         Message::Heartbeat(Heartbeat { time_ms: 123_456 }),
-        Message::Read(Read { request_id: 9, first_pfn: 100, count: MAX_READ_PAGES }),
-        Message::Error(ErrorMsg { code: ErrorCode::DECODE_FAILED, reason: "bad record" }),
-        Message::Bye(Bye { code: ErrorCode::NONE }),
+        Message::Read(Read {
+            request_id: 9,
+            first_pfn: 100,
+            count: MAX_READ_PAGES,
+        }),
+        Message::Error(ErrorMsg {
+            code: ErrorCode::DECODE_FAILED,
+            reason: "bad record",
+        }),
+        Message::Bye(Bye {
+            code: ErrorCode::NONE,
+        }),
     ]
 }
 
@@ -78,9 +104,18 @@ fn appliance_messages(pages: &[u8]) -> Vec<Message<'_>> {
     vec![
         Message::Ack(Ack { epoch: 42 }),
         Message::Heartbeat(Heartbeat { time_ms: 1 }),
-        Message::ReadReply(ReadReply { request_id: 9, first_pfn: 100, data: pages }),
-        Message::Error(ErrorMsg { code: ErrorCode::NO_MEMORY, reason: "store full: 0 pages free" }),
-        Message::Bye(Bye { code: ErrorCode::SHUTTING_DOWN }),
+        Message::ReadReply(ReadReply {
+            request_id: 9,
+            first_pfn: 100,
+            data: pages,
+        }),
+        Message::Error(ErrorMsg {
+            code: ErrorCode::NO_MEMORY,
+            reason: "store full: 0 pages free",
+        }),
+        Message::Bye(Bye {
+            code: ErrorCode::SHUTTING_DOWN,
+        }),
     ]
 }
 
@@ -110,11 +145,17 @@ fn welcome_without_committed_epoch_and_error_as_first_reply() {
     let mut a = Session::appliance(keys(), [2; 32]);
     a.feed(&p.seal(&hello()).unwrap());
     a.poll().unwrap().unwrap();
-    let e = Message::Error(ErrorMsg { code: ErrorCode::NO_MEMORY, reason: "no room for this VM" });
+    let e = Message::Error(ErrorMsg {
+        code: ErrorCode::NO_MEMORY,
+        reason: "no room for this VM",
+    });
     p.feed(&a.seal(&e).unwrap());
     assert_eq!(p.poll().unwrap(), Some(e));
 
-    let (mut p, mut a) = (Session::primary(VM, key(1), [3; 32]), Session::appliance(keys(), [4; 32]));
+    let (mut p, mut a) = (
+        Session::primary(VM, key(1), [3; 32]),
+        Session::appliance(keys(), [4; 32]),
+    );
     a.feed(&p.seal(&hello()).unwrap());
     a.poll().unwrap().unwrap();
     p.feed(&a.seal(&welcome(None)).unwrap());
@@ -209,10 +250,23 @@ fn every_flipped_bit_is_refused() {
         f[bit / 8] ^= 1 << (bit % 8);
         let ok = if bit / 8 < hello_len { 0 } else { 1 };
         let e = must_fail(Session::appliance(keys(), [3; 32]), &f, ok);
-        kinds.insert(format!("{e:?}").split(['(', ' ']).next().unwrap().to_string());
+        kinds.insert(
+            format!("{e:?}")
+                .split(['(', ' '])
+                .next()
+                .unwrap()
+                .to_string(),
+        );
     }
     // The refusals are specific, not one catch-all.
-    for k in ["BadMagic", "UnsupportedVersion", "UnknownKind", "ReservedBitsSet", "AuthFailed", "Truncated"] {
+    for k in [
+        "BadMagic",
+        "UnsupportedVersion",
+        "UnknownKind",
+        "ReservedBitsSet",
+        "AuthFailed",
+        "Truncated",
+    ] {
         assert!(kinds.contains(k), "no {k} among {kinds:?}");
     }
 }
@@ -224,7 +278,13 @@ fn replayed_frame_is_refused() {
     a.feed(&f);
     a.poll().unwrap().unwrap();
     a.feed(&f);
-    assert_eq!(a.poll().unwrap_err(), ProtoError::BadSequence { expected: 2, got: 1 });
+    assert_eq!(
+        a.poll().unwrap_err(),
+        ProtoError::BadSequence {
+            expected: 2,
+            got: 1
+        }
+    );
     assert_eq!(a.poll().unwrap_err(), ProtoError::Poisoned);
 }
 
@@ -233,7 +293,10 @@ fn peers_are_confirmed_by_their_first_live_frame() {
     let (mut p, mut a) = pair();
     assert!(p.peer_confirmed());
     assert!(!a.peer_confirmed());
-    a.feed(&p.seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap());
+    a.feed(
+        &p.seal(&Message::Heartbeat(Heartbeat { time_ms: 0 }))
+            .unwrap(),
+    );
     a.poll().unwrap().unwrap();
     assert!(a.peer_confirmed());
 }
@@ -245,7 +308,13 @@ fn reordered_frames_are_refused() {
     let f2 = p.seal(&epoch(1, b"two")).unwrap();
     a.feed(&f2);
     a.feed(&f1);
-    assert_eq!(a.poll().unwrap_err(), ProtoError::BadSequence { expected: 1, got: 2 });
+    assert_eq!(
+        a.poll().unwrap_err(),
+        ProtoError::BadSequence {
+            expected: 1,
+            got: 2
+        }
+    );
 }
 
 #[test]
@@ -271,7 +340,10 @@ fn frames_from_an_older_connection_are_refused() {
     a.feed(&old_hello);
     a.poll().unwrap().unwrap();
     let _welcome = a.seal(&welcome(None)).unwrap();
-    assert!(!a.peer_confirmed(), "a HELLO alone does not confirm the primary");
+    assert!(
+        !a.peer_confirmed(),
+        "a HELLO alone does not confirm the primary"
+    );
     a.feed(&old_epoch);
     assert_eq!(a.poll().unwrap_err(), ProtoError::AuthFailed);
     assert!(!a.peer_confirmed());
@@ -288,11 +360,15 @@ fn frames_from_an_older_connection_are_refused() {
 fn reflected_frame_is_refused() {
     let (mut p, mut a) = pair();
     // The appliance's own frame with sequence 1, fed back to it where sequence 1 is due.
-    let ack = a.seal(&Message::Heartbeat(Heartbeat { time_ms: 5 })).unwrap();
+    let ack = a
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 5 }))
+        .unwrap();
     a.feed(&ack);
     assert_eq!(a.poll().unwrap_err(), ProtoError::AuthFailed);
     // The primary's frame reflected to the primary.
-    let hb = p.seal(&Message::Heartbeat(Heartbeat { time_ms: 5 })).unwrap();
+    let hb = p
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 5 }))
+        .unwrap();
     p.feed(&hb);
     assert_eq!(p.poll().unwrap_err(), ProtoError::AuthFailed);
 }
@@ -310,7 +386,13 @@ fn frame_sealed_with_another_vms_key_is_refused() {
     let mut p8 = Session::primary(OTHER_VM, key(2), [9; 32]);
     let h8 = p8.seal(&hello()).unwrap();
     a.feed(&h8);
-    assert_eq!(a.poll().unwrap_err(), ProtoError::VmMismatch { expected: VM, got: OTHER_VM });
+    assert_eq!(
+        a.poll().unwrap_err(),
+        ProtoError::VmMismatch {
+            expected: VM,
+            got: OTHER_VM
+        }
+    );
 
     // A VM the appliance does not serve.
     let mut p9 = Session::primary(99, key(9), [9; 32]);
@@ -322,7 +404,13 @@ fn frame_sealed_with_another_vms_key_is_refused() {
 #[test]
 fn truncated_frames_are_refused() {
     let (bytes, _, _, _) = stream();
-    for cut in [1, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 10, bytes.len() - 1] {
+    for cut in [
+        1,
+        HEADER_LEN - 1,
+        HEADER_LEN,
+        HEADER_LEN + 10,
+        bytes.len() - 1,
+    ] {
         let mut a = Session::appliance(keys(), [3; 32]);
         a.feed(&bytes[..cut]);
         while a.poll().unwrap().is_some() {}
@@ -333,9 +421,14 @@ fn truncated_frames_are_refused() {
 #[test]
 fn oversized_and_undersized_length_fields_are_refused_before_buffering() {
     let (mut p, _a) = pair();
-    let f = p.seal(&Message::Heartbeat(Heartbeat { time_ms: 1 })).unwrap();
+    let f = p
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 1 }))
+        .unwrap();
     for (len, err) in [
-        (MAX_SEALED as u32 + 1, ProtoError::FrameTooLarge(MAX_SEALED as u32 + 1)),
+        (
+            MAX_SEALED as u32 + 1,
+            ProtoError::FrameTooLarge(MAX_SEALED as u32 + 1),
+        ),
         (u32::MAX, ProtoError::FrameTooLarge(u32::MAX)),
         (15, ProtoError::FrameTooShort(15)),
     ] {
@@ -350,7 +443,9 @@ fn oversized_and_undersized_length_fields_are_refused_before_buffering() {
 #[test]
 fn unknown_kind_and_version_are_clear_errors() {
     let (mut p, _a) = pair();
-    let f = p.seal(&Message::Heartbeat(Heartbeat { time_ms: 1 })).unwrap();
+    let f = p
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 1 }))
+        .unwrap();
     let mut g = f.clone();
     g[5] = 0x77;
     let (_p, mut a) = pair();
@@ -372,13 +467,28 @@ fn unknown_kind_and_version_are_clear_errors() {
 fn wrong_direction_and_wrong_order_are_refused() {
     let (mut p, mut a) = pair();
     // The primary may not send ACK or a second HELLO; the appliance may not send EPOCH.
-    assert_eq!(p.seal(&Message::Ack(Ack { epoch: 1 })).unwrap_err(), ProtoError::UnexpectedKind(0x12));
-    assert_eq!(p.seal(&hello()).unwrap_err(), ProtoError::UnexpectedKind(0x01));
-    assert_eq!(a.seal(&epoch(1, b"")).unwrap_err(), ProtoError::UnexpectedKind(0x10));
-    assert_eq!(a.seal(&welcome(None)).unwrap_err(), ProtoError::UnexpectedKind(0x02));
+    assert_eq!(
+        p.seal(&Message::Ack(Ack { epoch: 1 })).unwrap_err(),
+        ProtoError::UnexpectedKind(0x12)
+    );
+    assert_eq!(
+        p.seal(&hello()).unwrap_err(),
+        ProtoError::UnexpectedKind(0x01)
+    );
+    assert_eq!(
+        a.seal(&epoch(1, b"")).unwrap_err(),
+        ProtoError::UnexpectedKind(0x10)
+    );
+    assert_eq!(
+        a.seal(&welcome(None)).unwrap_err(),
+        ProtoError::UnexpectedKind(0x02)
+    );
     // A primary must start with HELLO and may not send before WELCOME.
     let mut p = Session::primary(VM, key(1), [1; 32]);
-    assert_eq!(p.seal(&epoch(1, b"")).unwrap_err(), ProtoError::UnexpectedKind(0x10));
+    assert_eq!(
+        p.seal(&epoch(1, b"")).unwrap_err(),
+        ProtoError::UnexpectedKind(0x10)
+    );
     p.seal(&hello()).unwrap();
     assert_eq!(p.seal(&epoch(1, b"")).unwrap_err(), ProtoError::NotReady);
     // The appliance's first frame is WELCOME (or ERROR/BYE), nothing else.
@@ -399,15 +509,40 @@ fn wrong_direction_and_wrong_order_are_refused() {
 fn field_limits_are_enforced_on_both_sides() {
     let (mut p, mut a) = pair();
     let big = vec![0u8; MAX_CHUNK + 1];
-    assert!(matches!(p.seal(&epoch(1, &big)), Err(ProtoError::FieldTooLong { field: "epoch chunk", .. })));
-    let reason = "x".repeat(MAX_REASON + 1);
-    let e = Message::Error(ErrorMsg { code: ErrorCode::INTERNAL, reason: &reason });
-    assert!(matches!(p.seal(&e), Err(ProtoError::FieldTooLong { field: "reason", .. })));
     assert!(matches!(
-        a.seal(&Message::ReadReply(ReadReply { request_id: 1, first_pfn: 0, data: &[0; 100] })),
+        p.seal(&epoch(1, &big)),
+        Err(ProtoError::FieldTooLong {
+            field: "epoch chunk",
+            ..
+        })
+    ));
+    let reason = "x".repeat(MAX_REASON + 1);
+    let e = Message::Error(ErrorMsg {
+        code: ErrorCode::INTERNAL,
+        reason: &reason,
+    });
+    assert!(matches!(
+        p.seal(&e),
+        Err(ProtoError::FieldTooLong {
+            field: "reason",
+            ..
+        })
+    ));
+    assert!(matches!(
+        a.seal(&Message::ReadReply(ReadReply {
+            request_id: 1,
+            first_pfn: 0,
+            data: &[0; 100]
+        })),
         Err(ProtoError::BadValue(_))
     ));
-    assert!(p.seal(&Message::Read(Read { request_id: 1, first_pfn: 0, count: MAX_READ_PAGES + 1 })).is_err());
+    assert!(p
+        .seal(&Message::Read(Read {
+            request_id: 1,
+            first_pfn: 0,
+            count: MAX_READ_PAGES + 1
+        }))
+        .is_err());
     // Refused seals do not consume sequence numbers: the stream stays valid.
     let f = p.seal(&epoch(1, b"ok")).unwrap();
     a.feed(&f);
@@ -415,26 +550,51 @@ fn field_limits_are_enforced_on_both_sides() {
 
     // A decoder sees oversized length fields inside an (authenticated) payload.
     let mut payload = Vec::new();
-    encode_payload(&Message::Error(ErrorMsg { code: ErrorCode(1), reason: "r" }), &mut payload).unwrap();
+    encode_payload(
+        &Message::Error(ErrorMsg {
+            code: ErrorCode(1),
+            reason: "r",
+        }),
+        &mut payload,
+    )
+    .unwrap();
     payload[2..4].copy_from_slice(&(MAX_REASON as u16 + 1).to_le_bytes());
-    assert!(matches!(decode_payload(Kind::Error, &payload), Err(ProtoError::FieldTooLong { field: "reason", .. })));
+    assert!(matches!(
+        decode_payload(Kind::Error, &payload),
+        Err(ProtoError::FieldTooLong {
+            field: "reason",
+            ..
+        })
+    ));
     let mut payload = Vec::new();
     encode_payload(&epoch(1, b"abc"), &mut payload).unwrap();
     payload[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(decode_payload(Kind::Epoch, &payload), Err(ProtoError::FieldTooLong { .. })));
+    assert!(matches!(
+        decode_payload(Kind::Epoch, &payload),
+        Err(ProtoError::FieldTooLong { .. })
+    ));
     // Bad block size, zero memory, non-UTF-8 names.
     let mut h = match hello() {
         Message::Hello(h) => h,
         _ => unreachable!(),
     };
     h.block_size = 48;
-    assert_eq!(encode_payload(&Message::Hello(h.clone()), &mut Vec::new()), Err(ProtoError::BadValue("block size")));
+    assert_eq!(
+        encode_payload(&Message::Hello(h.clone()), &mut Vec::new()),
+        Err(ProtoError::BadValue("block size"))
+    );
     h.block_size = 8192;
-    assert_eq!(encode_payload(&Message::Hello(h), &mut Vec::new()), Err(ProtoError::BadValue("block size")));
+    assert_eq!(
+        encode_payload(&Message::Hello(h), &mut Vec::new()),
+        Err(ProtoError::BadValue("block size"))
+    );
     let mut payload = Vec::new();
     encode_payload(&hello(), &mut payload).unwrap();
     payload[18] = 0xff; // first byte of the name
-    assert_eq!(decode_payload(Kind::Hello, &payload), Err(ProtoError::Malformed("name")));
+    assert_eq!(
+        decode_payload(Kind::Hello, &payload),
+        Err(ProtoError::Malformed("name"))
+    );
 }
 
 #[test]
@@ -442,7 +602,10 @@ fn payloads_tolerate_appended_fields() {
     let mut payload = Vec::new();
     encode_payload(&Message::Ack(Ack { epoch: 3 }), &mut payload).unwrap();
     payload.extend_from_slice(b"future field");
-    assert_eq!(decode_payload(Kind::Ack, &payload), Ok(Message::Ack(Ack { epoch: 3 })));
+    assert_eq!(
+        decode_payload(Kind::Ack, &payload),
+        Ok(Message::Ack(Ack { epoch: 3 }))
+    );
 }
 
 #[test]
@@ -457,7 +620,10 @@ fn every_truncated_payload_is_malformed_not_a_panic() {
         encode_payload(&m, &mut payload).unwrap();
         assert_eq!(decode_payload(m.kind(), &payload).unwrap(), m);
         for cut in 0..payload.len() {
-            assert!(decode_payload(m.kind(), &payload[..cut]).is_err(), "{m:?} cut at {cut}");
+            assert!(
+                decode_payload(m.kind(), &payload[..cut]).is_err(),
+                "{m:?} cut at {cut}"
+            );
         }
     }
 }
@@ -481,11 +647,22 @@ fn after_a_refused_frame_only_an_error_can_be_sealed_and_the_peer_opens_it() {
     a.feed(&f);
     assert!(matches!(a.poll(), Err(ProtoError::BadSequence { .. })));
     assert!(a.is_poisoned() && a.can_seal_refusal());
-    assert_eq!(a.seal(&Message::Ack(Ack { epoch: 1 })).unwrap_err(), ProtoError::Poisoned);
-    let e = a.seal(&Message::Error(ErrorMsg { code: ErrorCode::PROTOCOL, reason: "frame refused: replay" })).unwrap();
+    assert_eq!(
+        a.seal(&Message::Ack(Ack { epoch: 1 })).unwrap_err(),
+        ProtoError::Poisoned
+    );
+    let e = a
+        .seal(&Message::Error(ErrorMsg {
+            code: ErrorCode::PROTOCOL,
+            reason: "frame refused: replay",
+        }))
+        .unwrap();
     p.feed(&e);
     match p.poll().unwrap() {
-        Some(Message::Error(m)) => assert_eq!((m.code, m.reason), (ErrorCode::PROTOCOL, "frame refused: replay")),
+        Some(Message::Error(m)) => assert_eq!(
+            (m.code, m.reason),
+            (ErrorCode::PROTOCOL, "frame refused: replay")
+        ),
         other => panic!("{other:?}"),
     }
     // Before the peer authenticated, nothing can be sealed.
@@ -493,7 +670,10 @@ fn after_a_refused_frame_only_an_error_can_be_sealed_and_the_peer_opens_it() {
     fresh.feed(&[0x55; 64]);
     assert!(fresh.poll().is_err());
     assert!(!fresh.can_seal_refusal());
-    let r = fresh.seal(&Message::Error(ErrorMsg { code: ErrorCode::PROTOCOL, reason: "x" }));
+    let r = fresh.seal(&Message::Error(ErrorMsg {
+        code: ErrorCode::PROTOCOL,
+        reason: "x",
+    }));
     assert_eq!(r.unwrap_err(), ProtoError::Poisoned);
 }
 
@@ -508,7 +688,11 @@ fn try_feed_keeps_the_buffer_within_one_frame_and_a_slice() {
     for piece in bytes.chunks(FEED_SLICE) {
         a.try_feed(piece).unwrap();
         while a.poll().unwrap().is_some() {}
-        assert!(a.buffer_capacity() <= FEED_BUFFER_BOUND, "{}", a.buffer_capacity());
+        assert!(
+            a.buffer_capacity() <= FEED_BUFFER_BOUND,
+            "{}",
+            a.buffer_capacity()
+        );
     }
     assert_eq!(a.buffered(), 0);
 }

@@ -65,7 +65,8 @@ fn mutate(img: &mut [u8], rng: &mut Rng, n: usize) {
             0..=3 => {
                 for _ in 0..1 + rng.below(16) {
                     let o = rng.below(PAGE_SIZE as u64 / 8) as usize * 8;
-                    let v = u64::from_le_bytes(img[s + o..s + o + 8].try_into().unwrap()).wrapping_add(1);
+                    let v = u64::from_le_bytes(img[s + o..s + o + 8].try_into().unwrap())
+                        .wrapping_add(1);
                     img[s + o..s + o + 8].copy_from_slice(&v.to_le_bytes());
                 }
             }
@@ -91,8 +92,16 @@ const MATERIAL: [u8; 32] = [0x17; 32];
 const READ: usize = 64 * 1024;
 
 fn receiver(budget: usize) -> Receiver<HeapFrames> {
-    let keys = [VmKey { name: NAME.into(), key: KEY }];
-    Receiver::new(Store::new(HeapFrames::new(), budget), &keys, ReceiverConfig::default()).unwrap()
+    let keys = [VmKey {
+        name: NAME.into(),
+        key: KEY,
+    }];
+    Receiver::new(
+        Store::new(HeapFrames::new(), budget),
+        &keys,
+        ReceiverConfig::default(),
+    )
+    .unwrap()
 }
 
 fn main() {
@@ -128,7 +137,9 @@ fn main() {
     rx.on_bytes(conn, &stream, 0, &mut out).unwrap();
     s.feed(&out);
     assert!(matches!(s.poll().unwrap(), Some(Message::Welcome(_))));
-    let hb = s.seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+    let hb = s
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 0 }))
+        .unwrap();
     stream.extend_from_slice(&hb);
     out.clear();
     rx.on_bytes(conn, &hb, 0, &mut out).unwrap();
@@ -141,7 +152,11 @@ fn main() {
             (0..pages as u64).collect()
         } else {
             let before = img.clone();
-            mutate(&mut img, &mut rng, (pages as f64 * dirty_pct / 100.0) as usize);
+            mutate(
+                &mut img,
+                &mut rng,
+                (pages as f64 * dirty_pct / 100.0) as usize,
+            );
             (0..pages as u64)
                 .filter(|&p| {
                     let a = p as usize * PAGE_SIZE;
@@ -156,10 +171,23 @@ fn main() {
         let st = enc.take_stats();
         let mut frames = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            s.seal_into(&Message::Epoch(EpochData { epoch: e, chunk_index: i as u32, data: c }), &mut frames).unwrap();
+            s.seal_into(
+                &Message::Epoch(EpochData {
+                    epoch: e,
+                    chunk_index: i as u32,
+                    data: c,
+                }),
+                &mut frames,
+            )
+            .unwrap();
         }
         let records = st.zero_pages + st.raw_pages + st.ops_pages + st.zops_pages;
-        let commit = Commit { epoch: e, chunks: chunks.len() as u32, pages: records, digest: [0; 32] };
+        let commit = Commit {
+            epoch: e,
+            chunks: chunks.len() as u32,
+            pages: records,
+            digest: [0; 32],
+        };
         s.seal_into(&Message::Commit(commit), &mut frames).unwrap();
         out.clear();
         rx.on_bytes(conn, &frames, e, &mut out).unwrap();
@@ -206,7 +234,11 @@ fn main() {
         let mut page = [0u8; PAGE_SIZE];
         for p in (0..pages).step_by(97) {
             rx.read_page(vm, p as u64, &mut page).unwrap();
-            assert_eq!(&page[..], &img[p * PAGE_SIZE..(p + 1) * PAGE_SIZE], "pfn {p}");
+            assert_eq!(
+                &page[..],
+                &img[p * PAGE_SIZE..(p + 1) * PAGE_SIZE],
+                "pfn {p}"
+            );
         }
         best_total = best_total.min(total);
         best_inc = best_inc.min(total - t_first.unwrap_or(total));
@@ -258,15 +290,25 @@ fn main() {
         mb(inc_bytes),
         mb(inc_dirty)
     );
-    println!("receive+commit, all epochs:     {:>9.1} MB/s of wire bytes ({:.3} s)", rx_rate, best_total);
+    println!(
+        "receive+commit, all epochs:     {:>9.1} MB/s of wire bytes ({:.3} s)",
+        rx_rate, best_total
+    );
     println!(
         "receive+commit, incremental:    {:>9.1} MB/s of wire bytes = {:.1} MB/s of dirty pages",
         inc_rate,
         mb(inc_dirty) / best_inc
     );
-    println!("protocol layer alone:           {:>9.1} MB/s (authenticate, decrypt, parse)", total_mb / best_proto);
+    println!(
+        "protocol layer alone:           {:>9.1} MB/s (authenticate, decrypt, parse)",
+        total_mb / best_proto
+    );
     println!("memcpy of the same bytes:       {:>9.1} MB/s", copy_rate);
-    println!("ratio receive/memcpy:           all {:.4}, incremental {:.4}", rx_rate / copy_rate, inc_rate / copy_rate);
+    println!(
+        "ratio receive/memcpy:           all {:.4}, incremental {:.4}",
+        rx_rate / copy_rate,
+        inc_rate / copy_rate
+    );
     println!(
         "{{\"image_mib\":{mib},\"epochs\":{epochs},\"wire_mb\":{total_mb:.2},\"rx_mbps\":{rx_rate:.1},\"rx_incremental_mbps\":{inc_rate:.1},\"memcpy_mbps\":{copy_rate:.1},\"ratio\":{:.4}}}",
         rx_rate / copy_rate

@@ -67,11 +67,13 @@ use core::fmt;
 
 use resilire_codec::{DecodeError, Decoder};
 use resilire_proto::{
-    Ack, ErrorCode, ErrorMsg, Heartbeat, Key, KeyLookup, Message, ProtoError, ReadReply, Session, Welcome,
-    FEED_BUFFER_BOUND, FEED_SLICE, HEADER_LEN, MAX_CHUNK, MAX_CODEC_PARAMS, MAX_NAME, MAX_XL_CONFIG, PAGE_SIZE,
-    SALT_LEN, TAG_LEN,
+    Ack, ErrorCode, ErrorMsg, Heartbeat, Key, KeyLookup, Message, ProtoError, ReadReply, Session,
+    Welcome, FEED_BUFFER_BOUND, FEED_SLICE, HEADER_LEN, MAX_CHUNK, MAX_CODEC_PARAMS, MAX_NAME,
+    MAX_XL_CONFIG, PAGE_SIZE, SALT_LEN, TAG_LEN,
 };
-use resilire_store::{FrameAllocator, ImageId, PageLocation, Store, StoreError, IMAGE_BYTES_PER_PAGE, IMAGE_OVERHEAD};
+use resilire_store::{
+    FrameAllocator, ImageId, PageLocation, Store, StoreError, IMAGE_BYTES_PER_PAGE, IMAGE_OVERHEAD,
+};
 use sha2::{Digest, Sha256};
 
 /// A protected VM's id on the wire (the frame header's `vm_id`) and in the store ([`ImageId`]).
@@ -129,7 +131,9 @@ impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyError::Duplicate(n) => write!(f, "VM '{n}' is configured twice"),
-            KeyError::Collision(a, b) => write!(f, "VM names '{a}' and '{b}' map to the same wire id"),
+            KeyError::Collision(a, b) => {
+                write!(f, "VM names '{a}' and '{b}' map to the same wire id")
+            }
         }
     }
 }
@@ -168,14 +172,28 @@ pub struct ReceiverConfig {
 /// Largest HELLO frame (header, salt, largest payload, tag): bytes beyond this before a HELLO
 /// authenticated are refused, so that an unauthenticated peer cannot make the receiver buffer
 /// more.
-pub const MAX_HELLO_FRAME: usize =
-    HEADER_LEN + SALT_LEN + 16 + 2 + MAX_NAME + 8 + 4 + 8 + 8 + 2 + 2 + MAX_CODEC_PARAMS + 4 + MAX_XL_CONFIG + TAG_LEN;
+pub const MAX_HELLO_FRAME: usize = HEADER_LEN
+    + SALT_LEN
+    + 16
+    + 2
+    + MAX_NAME
+    + 8
+    + 4
+    + 8
+    + 8
+    + 2
+    + 2
+    + MAX_CODEC_PARAMS
+    + 4
+    + MAX_XL_CONFIG
+    + TAG_LEN;
 
 /// Default [`ReceiverConfig::conn_memory`]: the session's receive buffer bound, the decoder's
 /// copy of a compressed record (up to one chunk), its batch buffer (256 KiB), its op and page
 /// buffers, and the zstd decoder's state (its window, at most one batch, plus about one block
 /// and its tables).
-pub const CONN_MEMORY: usize = FEED_BUFFER_BOUND + MAX_CHUNK + (256 << 10) + 3 * PAGE_SIZE + (640 << 10);
+pub const CONN_MEMORY: usize =
+    FEED_BUFFER_BOUND + MAX_CHUNK + (256 << 10) + 3 * PAGE_SIZE + (640 << 10);
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
@@ -426,7 +444,9 @@ impl Event {
             | EventKind::Timeout { .. }
             | EventKind::KeyWithdrawn => Level::Warn,
             EventKind::Committed { .. } => Level::Debug,
-            EventKind::Closed { aborted_epoch: Some(_) } => Level::Warn,
+            EventKind::Closed {
+                aborted_epoch: Some(_),
+            } => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -443,26 +463,54 @@ impl fmt::Display for Event {
         }
         match &self.kind {
             EventKind::Accepted => write!(f, ": accepted"),
-            EventKind::Hello { guest, pages, resume_from } => match resume_from {
-                Some(e) => write!(f, ": HELLO '{guest}' ({pages} pages), resumes after epoch {e}"),
-                None => write!(f, ": HELLO '{guest}' ({pages} pages), nothing committed yet"),
+            EventKind::Hello {
+                guest,
+                pages,
+                resume_from,
+            } => match resume_from {
+                Some(e) => write!(
+                    f,
+                    ": HELLO '{guest}' ({pages} pages), resumes after epoch {e}"
+                ),
+                None => write!(
+                    f,
+                    ": HELLO '{guest}' ({pages} pages), nothing committed yet"
+                ),
             },
             EventKind::Active { took_over: Some(o) } => write!(f, ": live, took over from {o}"),
             EventKind::Active { took_over: None } => write!(f, ": live"),
-            EventKind::Committed { epoch, chunks, pages } => {
-                write!(f, ": committed epoch {epoch} ({chunks} chunks, {pages} pages)")
+            EventKind::Committed {
+                epoch,
+                chunks,
+                pages,
+            } => {
+                write!(
+                    f,
+                    ": committed epoch {epoch} ({chunks} chunks, {pages} pages)"
+                )
             }
-            EventKind::Refused { code, reason } => write!(f, ": refused (ERROR {}): {reason}", code.0),
+            EventKind::Refused { code, reason } => {
+                write!(f, ": refused (ERROR {}): {reason}", code.0)
+            }
             EventKind::FrameRefused(e) => write!(f, ": frame refused, closing: {e}"),
-            EventKind::PeerError { code, reason } => write!(f, ": primary sent ERROR {}: {reason}", code.0),
+            EventKind::PeerError { code, reason } => {
+                write!(f, ": primary sent ERROR {}: {reason}", code.0)
+            }
             EventKind::PeerBye { code } => write!(f, ": primary sent BYE {}", code.0),
             EventKind::Superseded { by } => write!(f, ": superseded by {by}"),
             EventKind::Timeout { idle_ms } => write!(f, ": timeout after {idle_ms} ms"),
             EventKind::KeyWithdrawn => write!(f, ": key withdrawn"),
-            EventKind::Closed { aborted_epoch: Some(e) } => {
-                write!(f, ": closed during epoch {e}; staged epoch discarded, committed image kept")
+            EventKind::Closed {
+                aborted_epoch: Some(e),
+            } => {
+                write!(
+                    f,
+                    ": closed during epoch {e}; staged epoch discarded, committed image kept"
+                )
             }
-            EventKind::Closed { aborted_epoch: None } => write!(f, ": closed"),
+            EventKind::Closed {
+                aborted_epoch: None,
+            } => write!(f, ": closed"),
         }
     }
 }
@@ -566,7 +614,12 @@ enum Reply {
     Welcome(Option<u64>),
     Ack(u64),
     Heartbeat(u64),
-    Read { request_id: u32, vm: VmId, first_pfn: u64, count: u32 },
+    Read {
+        request_id: u32,
+        vm: VmId,
+        first_pfn: u64,
+        count: u32,
+    },
 }
 
 /// Why handling a message failed.
@@ -671,25 +724,36 @@ impl<A: FrameAllocator> Receiver<A> {
                     vm.name = name.clone();
                 }
                 None => {
-                    self.vms.insert(*id, Vm::new(name.clone(), key.clone(), gen));
+                    self.vms
+                        .insert(*id, Vm::new(name.clone(), key.clone(), gen));
                 }
             }
         }
         // Forget VMs without key and without image.
         let store = &self.store;
-        self.vms.retain(|id, vm| vm.key.is_some() || store.page_count(*id).is_ok());
-        self.keys = KeyTable(Arc::new(new.into_iter().map(|(id, (_, k))| (id, k)).collect()));
+        self.vms
+            .retain(|id, vm| vm.key.is_some() || store.page_count(*id).is_ok());
+        self.keys = KeyTable(Arc::new(
+            new.into_iter().map(|(id, (_, k))| (id, k)).collect(),
+        ));
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for cid in ids {
-            let Some(mut c) = self.conns.remove(&cid) else { continue };
+            let Some(mut c) = self.conns.remove(&cid) else {
+                continue;
+            };
             let vm = match c.st.phase {
                 Phase::Welcomed(v) | Phase::Active(v) => Some(v),
                 Phase::AwaitHello => None,
             };
             if c.st.closed.is_none() && vm.is_some_and(|v| withdrawn.contains(&v)) {
                 self.event(now_ms, Some(cid), vm, EventKind::KeyWithdrawn);
-                let msg = ErrorMsg { code: ErrorCode::UNKNOWN_VM, reason: "the VM's key was withdrawn" };
-                let _ = c.session.seal_into(&Message::Error(msg), &mut c.st.pending_out);
+                let msg = ErrorMsg {
+                    code: ErrorCode::UNKNOWN_VM,
+                    reason: "the VM's key was withdrawn",
+                };
+                let _ = c
+                    .session
+                    .seal_into(&Message::Error(msg), &mut c.st.pending_out);
                 self.shut(cid, &mut c, ConnError::KeyWithdrawn, now_ms);
             }
             self.conns.insert(cid, c);
@@ -738,8 +802,16 @@ impl<A: FrameAllocator> Receiver<A> {
     /// connection. On `Err`, write `out` too (it may end with an ERROR frame), then close the
     /// connection: the receiver has already forgotten it (calling [`Receiver::on_close`] after
     /// is harmless).
-    pub fn on_bytes(&mut self, conn: ConnId, data: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ConnError> {
-        let Some(mut c) = self.conns.remove(&conn) else { return Err(ConnError::UnknownConnection) };
+    pub fn on_bytes(
+        &mut self,
+        conn: ConnId,
+        data: &[u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return Err(ConnError::UnknownConnection);
+        };
         self.now = self.now.max(now_ms);
         out.append(&mut c.st.pending_out);
         if let Some(e) = c.st.closed.take() {
@@ -774,7 +846,14 @@ impl<A: FrameAllocator> Receiver<A> {
     }
 
     /// Buffers one slice (at most [`FEED_SLICE`] bytes) and handles the frames it completes.
-    fn feed(&mut self, id: ConnId, c: &mut Conn, piece: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), ConnError> {
+    fn feed(
+        &mut self,
+        id: ConnId,
+        c: &mut Conn,
+        piece: &[u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
         if c.st.phase == Phase::AwaitHello && c.session.buffered() + piece.len() > MAX_HELLO_FRAME {
             // A primary sends nothing after HELLO before WELCOME: more than one HELLO is garbage.
             let e = ProtoError::FieldTooLong {
@@ -823,7 +902,10 @@ impl<A: FrameAllocator> Receiver<A> {
         }
         if st.phase != Phase::AwaitHello && session.can_seal_refusal() {
             let reason = format!("frame refused: {e}");
-            let msg = ErrorMsg { code: ErrorCode::PROTOCOL, reason: &reason };
+            let msg = ErrorMsg {
+                code: ErrorCode::PROTOCOL,
+                reason: &reason,
+            };
             let _ = session.seal_into(&Message::Error(msg), out);
         }
         ConnError::Protocol(e)
@@ -849,7 +931,15 @@ impl<A: FrameAllocator> Receiver<A> {
         if code == ErrorCode::NO_MEMORY {
             self.counters.no_memory += 1;
         }
-        self.event(now_ms, Some(id), vm, EventKind::Refused { code, reason: reason.clone() });
+        self.event(
+            now_ms,
+            Some(id),
+            vm,
+            EventKind::Refused {
+                code,
+                reason: reason.clone(),
+            },
+        );
         if let Some(v) = vm.and_then(|v| self.vms.get_mut(&v)) {
             v.requests_refused += 1;
             if v.owner.is_none() || v.owner == Some(id) {
@@ -857,10 +947,16 @@ impl<A: FrameAllocator> Receiver<A> {
                 v.failed = true;
             }
         }
-        let msg = ErrorMsg { code, reason: &reason };
+        let msg = ErrorMsg {
+            code,
+            reason: &reason,
+        };
         if let Err(e) = session.seal_into(&Message::Error(msg), out) {
             // A reason too long for the frame: send a shorter one.
-            let msg = ErrorMsg { code, reason: "refused" };
+            let msg = ErrorMsg {
+                code,
+                reason: "refused",
+            };
             if session.seal_into(&Message::Error(msg), out).is_err() {
                 return ConnError::Internal(e);
             }
@@ -905,7 +1001,9 @@ impl<A: FrameAllocator> Receiver<A> {
     /// superseded connection why it is closed) are appended to `out`. `Err` means: write `out`,
     /// then close the connection (the receiver has forgotten it).
     pub fn poll_output(&mut self, conn: ConnId, out: &mut Vec<u8>) -> Result<(), ConnError> {
-        let Some(c) = self.conns.get_mut(&conn) else { return Err(ConnError::UnknownConnection) };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(ConnError::UnknownConnection);
+        };
         out.append(&mut c.st.pending_out);
         if let Some(e) = c.st.closed.clone() {
             self.conns.remove(&conn);
@@ -933,20 +1031,29 @@ impl<A: FrameAllocator> Receiver<A> {
         self.now = self.now.max(now_ms);
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for cid in ids {
-            let Some(mut c) = self.conns.remove(&cid) else { continue };
+            let Some(mut c) = self.conns.remove(&cid) else {
+                continue;
+            };
             if c.st.closed.is_none() {
                 if let Some(deadline) = self.deadline(&c) {
                     if now_ms >= deadline {
                         let (idle, vm) = match c.st.phase {
                             Phase::Active(v) => (now_ms.saturating_sub(c.st.last_rx_ms), Some(v)),
-                            Phase::Welcomed(v) => (now_ms.saturating_sub(c.st.accepted_ms), Some(v)),
+                            Phase::Welcomed(v) => {
+                                (now_ms.saturating_sub(c.st.accepted_ms), Some(v))
+                            }
                             Phase::AwaitHello => (now_ms.saturating_sub(c.st.accepted_ms), None),
                         };
                         self.event(now_ms, Some(cid), vm, EventKind::Timeout { idle_ms: idle });
                         if matches!(c.st.phase, Phase::Active(_) | Phase::Welcomed(_)) {
                             let reason = format!("no frame for {idle} ms");
-                            let msg = ErrorMsg { code: ErrorCode::PROTOCOL, reason: &reason };
-                            let _ = c.session.seal_into(&Message::Error(msg), &mut c.st.pending_out);
+                            let msg = ErrorMsg {
+                                code: ErrorCode::PROTOCOL,
+                                reason: &reason,
+                            };
+                            let _ = c
+                                .session
+                                .seal_into(&Message::Error(msg), &mut c.st.pending_out);
                         }
                         self.shut(cid, &mut c, ConnError::Timeout, now_ms);
                     }
@@ -959,16 +1066,23 @@ impl<A: FrameAllocator> Receiver<A> {
 
     /// The earliest time at which [`Receiver::poll_timeouts`] has something to do.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.conns.values().filter(|c| c.st.closed.is_none()).filter_map(|c| self.deadline(c)).min()
+        self.conns
+            .values()
+            .filter(|c| c.st.closed.is_none())
+            .filter_map(|c| self.deadline(c))
+            .min()
     }
 
     fn deadline(&self, c: &Conn) -> Option<u64> {
         match c.st.phase {
-            Phase::AwaitHello | Phase::Welcomed(_) => (self.cfg.handshake_timeout_ms > 0)
-                .then(|| c.st.accepted_ms.saturating_add(self.cfg.handshake_timeout_ms)),
-            Phase::Active(_) => {
-                (self.cfg.dead_peer_ms > 0).then(|| c.st.last_rx_ms.saturating_add(self.cfg.dead_peer_ms))
+            Phase::AwaitHello | Phase::Welcomed(_) => {
+                (self.cfg.handshake_timeout_ms > 0).then(|| {
+                    c.st.accepted_ms
+                        .saturating_add(self.cfg.handshake_timeout_ms)
+                })
             }
+            Phase::Active(_) => (self.cfg.dead_peer_ms > 0)
+                .then(|| c.st.last_rx_ms.saturating_add(self.cfg.dead_peer_ms)),
         }
     }
 
@@ -1011,12 +1125,20 @@ impl<A: FrameAllocator> Receiver<A> {
     /// Where each page of `vm`'s committed image lives, in pfn order (to publish for dom0).
     /// Frames are reused by later commits: freeze the VM (close its connection) before dom0
     /// maps them.
-    pub fn page_directory(&self, vm: VmId) -> Result<impl Iterator<Item = PageLocation> + '_, StoreError> {
+    pub fn page_directory(
+        &self,
+        vm: VmId,
+    ) -> Result<impl Iterator<Item = PageLocation> + '_, StoreError> {
         self.store.page_directory(vm)
     }
 
     /// Reads page `pfn` of `vm`'s committed image.
-    pub fn read_page(&mut self, vm: VmId, pfn: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), StoreError> {
+    pub fn read_page(
+        &mut self,
+        vm: VmId,
+        pfn: u64,
+        out: &mut [u8; PAGE_SIZE],
+    ) -> Result<(), StoreError> {
         self.store.read_page(vm, pfn, out)
     }
 
@@ -1051,10 +1173,19 @@ impl<A: FrameAllocator> Receiver<A> {
     pub fn remove_vm(&mut self, vm: VmId, now_ms: u64) -> Result<(), StoreError> {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for cid in ids {
-            let Some(mut c) = self.conns.remove(&cid) else { continue };
-            if c.st.closed.is_none() && matches!(c.st.phase, Phase::Welcomed(v) | Phase::Active(v) if v == vm) {
-                let msg = ErrorMsg { code: ErrorCode::UNKNOWN_VM, reason: "the VM's image was removed" };
-                let _ = c.session.seal_into(&Message::Error(msg), &mut c.st.pending_out);
+            let Some(mut c) = self.conns.remove(&cid) else {
+                continue;
+            };
+            if c.st.closed.is_none()
+                && matches!(c.st.phase, Phase::Welcomed(v) | Phase::Active(v) if v == vm)
+            {
+                let msg = ErrorMsg {
+                    code: ErrorCode::UNKNOWN_VM,
+                    reason: "the VM's image was removed",
+                };
+                let _ = c
+                    .session
+                    .seal_into(&Message::Error(msg), &mut c.st.pending_out);
                 self.shut(cid, &mut c, ConnError::KeyWithdrawn, now_ms);
             }
             self.conns.insert(cid, c);
@@ -1093,7 +1224,12 @@ impl<A: FrameAllocator> Receiver<A> {
             self.events.pop_front();
             self.events_dropped += 1;
         }
-        self.events.push_back(Event { time_ms, conn, vm, kind });
+        self.events.push_back(Event {
+            time_ms,
+            conn,
+            vm,
+            kind,
+        });
     }
 
     /// Tears a connection down (it stays in the map until picked up, if the caller reinserts
@@ -1112,9 +1248,9 @@ impl<A: FrameAllocator> Receiver<A> {
                     let err = match (&why, aborted) {
                         (ConnError::PeerClosed, None) => None,
                         (ConnError::Superseded { .. }, _) => None,
-                        (ConnError::PeerClosed, Some(e)) => {
-                            Some(format!("connection lost during epoch {e}; staged epoch discarded"))
-                        }
+                        (ConnError::PeerClosed, Some(e)) => Some(format!(
+                            "connection lost during epoch {e}; staged epoch discarded"
+                        )),
                         (e, _) => Some(e.to_string()),
                     };
                     // A clean end keeps the VM's failure state (reset when a primary is live).
@@ -1129,11 +1265,24 @@ impl<A: FrameAllocator> Receiver<A> {
         }
         c.st.decoder = None;
         c.st.closed = Some(why);
-        self.event(now_ms, Some(id), vm_of, EventKind::Closed { aborted_epoch: aborted });
+        self.event(
+            now_ms,
+            Some(id),
+            vm_of,
+            EventKind::Closed {
+                aborted_epoch: aborted,
+            },
+        );
     }
 
     /// Polls and handles every complete frame buffered in `c`.
-    fn process(&mut self, id: ConnId, c: &mut Conn, now_ms: u64, out: &mut Vec<u8>) -> Result<(), ConnError> {
+    fn process(
+        &mut self,
+        id: ConnId,
+        c: &mut Conn,
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
         let Conn { session, st } = c;
         loop {
             let pending = match session.poll() {
@@ -1150,7 +1299,10 @@ impl<A: FrameAllocator> Receiver<A> {
                 Pending::Done(r) => r,
                 Pending::Hello(h) => match (st.phase, session.vm_id()) {
                     (Phase::AwaitHello, Some(vm)) => self.hello(id, st, vm, &h, now_ms),
-                    _ => Err(Fail::Refuse(ErrorCode::PROTOCOL, "unexpected HELLO".to_string())),
+                    _ => Err(Fail::Refuse(
+                        ErrorCode::PROTOCOL,
+                        "unexpected HELLO".to_string(),
+                    )),
                 },
             };
             let reply = match result {
@@ -1178,33 +1330,55 @@ impl<A: FrameAllocator> Receiver<A> {
         let r = match reply {
             Reply::None => Ok(()),
             Reply::Welcome(committed_epoch) => session.seal_into(
-                &Message::Welcome(Welcome { committed_epoch, features: 0, max_chunk: self.max_chunk() }),
+                &Message::Welcome(Welcome {
+                    committed_epoch,
+                    features: 0,
+                    max_chunk: self.max_chunk(),
+                }),
                 out,
             ),
             Reply::Ack(epoch) => session.seal_into(&Message::Ack(Ack { epoch }), out),
-            Reply::Heartbeat(time_ms) => session.seal_into(&Message::Heartbeat(Heartbeat { time_ms }), out),
-            Reply::Read { request_id, vm, first_pfn, count } => {
+            Reply::Heartbeat(time_ms) => {
+                session.seal_into(&Message::Heartbeat(Heartbeat { time_ms }), out)
+            }
+            Reply::Read {
+                request_id,
+                vm,
+                first_pfn,
+                count,
+            } => {
                 let n = count as usize * PAGE_SIZE;
                 // The reply's plaintext and its frame are the two large allocations of a READ:
                 // both fallible, refused with NO_MEMORY rather than exhausting the heap.
-                if self.read_buf.try_reserve(n.saturating_sub(self.read_buf.len())).is_err()
+                if self
+                    .read_buf
+                    .try_reserve(n.saturating_sub(self.read_buf.len()))
+                    .is_err()
                     || out.try_reserve(n + 256).is_err()
                 {
                     self.read_buf = Vec::new();
                     return Ok(Err((
                         ErrorCode::NO_MEMORY,
-                        format!("appliance memory exhausted: no room for a READ reply of {count} pages"),
+                        format!(
+                            "appliance memory exhausted: no room for a READ reply of {count} pages"
+                        ),
                     )));
                 }
                 self.read_buf.resize(n, 0);
                 for (i, page) in self.read_buf.chunks_exact_mut(PAGE_SIZE).enumerate() {
-                    let page: &mut [u8; PAGE_SIZE] = page.try_into().map_err(|_| ConnError::UnknownConnection)?;
+                    let page: &mut [u8; PAGE_SIZE] =
+                        page.try_into().map_err(|_| ConnError::UnknownConnection)?;
                     if let Err(e) = self.store.read_page(vm, first_pfn + i as u64, page) {
-                        let reason = format!("reading committed page {}: {e}", first_pfn + i as u64);
+                        let reason =
+                            format!("reading committed page {}: {e}", first_pfn + i as u64);
                         return Ok(Err((ErrorCode::INTERNAL, reason)));
                     }
                 }
-                let m = Message::ReadReply(ReadReply { request_id, first_pfn, data: &self.read_buf });
+                let m = Message::ReadReply(ReadReply {
+                    request_id,
+                    first_pfn,
+                    data: &self.read_buf,
+                });
                 let r = session.seal_into(&m, out);
                 // READs are rare (verification, failover): do not keep a large buffer on the heap.
                 if self.read_buf.capacity() > 16 * PAGE_SIZE {
@@ -1222,8 +1396,16 @@ impl<A: FrameAllocator> Receiver<A> {
 
     /// Budget bytes not reserved by admission control (other than `except`'s reservation).
     fn unreserved(&self, except: VmId) -> usize {
-        let reserved: usize = self.vms.iter().filter(|(id, _)| **id != except).map(|(_, v)| v.reserved).sum();
-        self.store.budget().saturating_sub(reserved).saturating_sub(PAGE_SIZE)
+        let reserved: usize = self
+            .vms
+            .iter()
+            .filter(|(id, _)| **id != except)
+            .map(|(_, v)| v.reserved)
+            .sum();
+        self.store
+            .budget()
+            .saturating_sub(reserved)
+            .saturating_sub(PAGE_SIZE)
     }
 
     /// Handles one authenticated message.
@@ -1237,7 +1419,10 @@ impl<A: FrameAllocator> Receiver<A> {
         // Anything after WELCOME proves the primary live: it takes the VM over.
         let vm = match st.phase {
             Phase::AwaitHello => {
-                return Err(Fail::Refuse(ErrorCode::PROTOCOL, "HELLO expected".to_string()));
+                return Err(Fail::Refuse(
+                    ErrorCode::PROTOCOL,
+                    "HELLO expected".to_string(),
+                ));
             }
             Phase::Active(vm) => vm,
             Phase::Welcomed(vm) => {
@@ -1261,14 +1446,30 @@ impl<A: FrameAllocator> Receiver<A> {
                 if end.is_none_or(|e| e > pages) {
                     return Err(Fail::Refuse(
                         ErrorCode::OUT_OF_RANGE,
-                        format!("READ of {} pages from pfn {} beyond the image of {pages} pages", r.count, r.first_pfn),
+                        format!(
+                            "READ of {} pages from pfn {} beyond the image of {pages} pages",
+                            r.count, r.first_pfn
+                        ),
                     ));
                 }
-                Ok(Reply::Read { request_id: r.request_id, vm, first_pfn: r.first_pfn, count: r.count })
+                Ok(Reply::Read {
+                    request_id: r.request_id,
+                    vm,
+                    first_pfn: r.first_pfn,
+                    count: r.count,
+                })
             }
             Message::Error(e) => {
                 let reason = e.reason.to_string();
-                self.event(now_ms, Some(id), Some(vm), EventKind::PeerError { code: e.code, reason: reason.clone() });
+                self.event(
+                    now_ms,
+                    Some(id),
+                    Some(vm),
+                    EventKind::PeerError {
+                        code: e.code,
+                        reason: reason.clone(),
+                    },
+                );
                 if let Some(v) = self.vms.get_mut(&vm) {
                     v.last_error = Some(format!("primary reported error {}: {reason}", e.code.0));
                     v.failed = true;
@@ -1276,7 +1477,12 @@ impl<A: FrameAllocator> Receiver<A> {
                 Err(Fail::Close(ConnError::PeerClosed))
             }
             Message::Bye(b) => {
-                self.event(now_ms, Some(id), Some(vm), EventKind::PeerBye { code: b.code });
+                self.event(
+                    now_ms,
+                    Some(id),
+                    Some(vm),
+                    EventKind::PeerBye { code: b.code },
+                );
                 if b.code != ErrorCode::NONE {
                     if let Some(v) = self.vms.get_mut(&vm) {
                         v.last_error = Some(format!("primary said BYE with code {}", b.code.0));
@@ -1287,7 +1493,10 @@ impl<A: FrameAllocator> Receiver<A> {
             }
             // The session refuses these kinds from a primary; never reached.
             Message::Hello(_) | Message::Welcome(_) | Message::Ack(_) | Message::ReadReply(_) => {
-                Err(Fail::Refuse(ErrorCode::PROTOCOL, "unexpected message".to_string()))
+                Err(Fail::Refuse(
+                    ErrorCode::PROTOCOL,
+                    "unexpected message".to_string(),
+                ))
             }
         }
     }
@@ -1301,10 +1510,16 @@ impl<A: FrameAllocator> Receiver<A> {
         now_ms: u64,
     ) -> Result<Reply, Fail> {
         let Some(v) = self.vms.get(&vm) else {
-            return Err(Fail::Refuse(ErrorCode::UNKNOWN_VM, format!("VM {vm:#018x} is not served here")));
+            return Err(Fail::Refuse(
+                ErrorCode::UNKNOWN_VM,
+                format!("VM {vm:#018x} is not served here"),
+            ));
         };
         if v.key.is_none() || v.key_gen > st.key_gen {
-            return Err(Fail::Refuse(ErrorCode::UNKNOWN_VM, format!("the key of VM '{}' was changed or withdrawn", v.name)));
+            return Err(Fail::Refuse(
+                ErrorCode::UNKNOWN_VM,
+                format!("the key of VM '{}' was changed or withdrawn", v.name),
+            ));
         }
         let name = v.name.clone();
         if !(CODEC_FGBI_V1..=CODEC_FGBI_V2).contains(&h.codec_id) {
@@ -1331,7 +1546,8 @@ impl<A: FrameAllocator> Receiver<A> {
             Err(_) => {
                 // Admission control, then the image.
                 let mem = (h.mem_pages as u128) * PAGE_SIZE as u128;
-                let tables = (h.mem_pages as u128) * IMAGE_BYTES_PER_PAGE as u128 + IMAGE_OVERHEAD as u128;
+                let tables =
+                    (h.mem_pages as u128) * IMAGE_BYTES_PER_PAGE as u128 + IMAGE_OVERHEAD as u128;
                 let need = mem * u128::from(self.cfg.admission_percent) / 100 + tables;
                 let free = self.unreserved(vm);
                 let budget = self.store.budget();
@@ -1349,7 +1565,10 @@ impl<A: FrameAllocator> Receiver<A> {
                     ));
                 }
                 if let Err(e) = self.store.add_image(vm, h.mem_pages) {
-                    return Err(Fail::Refuse(ErrorCode::NO_MEMORY, format!("VM '{name}' does not fit: {e}")));
+                    return Err(Fail::Refuse(
+                        ErrorCode::NO_MEMORY,
+                        format!("VM '{name}' does not fit: {e}"),
+                    ));
                 }
                 if let Some(v) = self.vms.get_mut(&vm) {
                     v.reserved = usize::try_from(need).unwrap_or(usize::MAX);
@@ -1369,7 +1588,11 @@ impl<A: FrameAllocator> Receiver<A> {
             now_ms,
             Some(id),
             Some(vm),
-            EventKind::Hello { guest: h.name.clone(), pages: h.mem_pages, resume_from: committed },
+            EventKind::Hello {
+                guest: h.name.clone(),
+                pages: h.mem_pages,
+                resume_from: committed,
+            },
         );
         Ok(Reply::Welcome(committed))
     }
@@ -1420,10 +1643,20 @@ impl<A: FrameAllocator> Receiver<A> {
         if let Some(old) = old {
             if let Some(mut oc) = self.conns.remove(&old) {
                 if oc.st.closed.is_none() {
-                    self.event(now_ms, Some(old), Some(vm), EventKind::Superseded { by: id });
+                    self.event(
+                        now_ms,
+                        Some(old),
+                        Some(vm),
+                        EventKind::Superseded { by: id },
+                    );
                     let reason = format!("superseded by a newer connection of this VM ({id})");
-                    let msg = ErrorMsg { code: ErrorCode::PROTOCOL, reason: &reason };
-                    let _ = oc.session.seal_into(&Message::Error(msg), &mut oc.st.pending_out);
+                    let msg = ErrorMsg {
+                        code: ErrorCode::PROTOCOL,
+                        reason: &reason,
+                    };
+                    let _ = oc
+                        .session
+                        .seal_into(&Message::Error(msg), &mut oc.st.pending_out);
                     self.shut(old, &mut oc, ConnError::Superseded { by: id }, now_ms);
                 }
                 self.conns.insert(old, oc);
@@ -1440,26 +1673,41 @@ impl<A: FrameAllocator> Receiver<A> {
         st.backlog = 0;
         st.progress = None;
         st.phase = Phase::Active(vm);
-        self.event(now_ms, Some(id), Some(vm), EventKind::Active { took_over: old });
+        self.event(
+            now_ms,
+            Some(id),
+            Some(vm),
+            EventKind::Active { took_over: old },
+        );
     }
 
     /// The epoch number the next epoch must carry.
     fn expected_epoch(&self, vm: VmId) -> Result<Option<u64>, Fail> {
         match self.store.committed_epoch(vm) {
-            Ok(Some(n)) => n
-                .checked_add(1)
-                .map(Some)
-                .ok_or_else(|| Fail::Refuse(ErrorCode::BAD_EPOCH, "epoch numbers exhausted".to_string())),
+            Ok(Some(n)) => n.checked_add(1).map(Some).ok_or_else(|| {
+                Fail::Refuse(ErrorCode::BAD_EPOCH, "epoch numbers exhausted".to_string())
+            }),
             Ok(None) => Ok(None),
             Err(e) => Err(Fail::Refuse(ErrorCode::INTERNAL, format!("{e}"))),
         }
     }
 
-    fn epoch(&mut self, st: &mut ConnState, vm: VmId, epoch: u64, chunk: u32, data: &[u8]) -> Result<(), Fail> {
+    fn epoch(
+        &mut self,
+        st: &mut ConnState,
+        vm: VmId,
+        epoch: u64,
+        chunk: u32,
+        data: &[u8],
+    ) -> Result<(), Fail> {
         if data.len() > self.max_chunk() as usize {
             return Err(Fail::Refuse(
                 ErrorCode::PROTOCOL,
-                format!("EPOCH chunk of {} bytes exceeds the announced maximum {}", data.len(), self.max_chunk()),
+                format!(
+                    "EPOCH chunk of {} bytes exceeds the announced maximum {}",
+                    data.len(),
+                    self.max_chunk()
+                ),
             ));
         }
         let committed = self.store.committed_epoch(vm).ok().flatten();
@@ -1473,7 +1721,9 @@ impl<A: FrameAllocator> Receiver<A> {
                     if epoch != want {
                         return Err(Fail::Refuse(
                             ErrorCode::BAD_EPOCH,
-                            format!("EPOCH {epoch} out of sequence: expected epoch {want} ({kept})"),
+                            format!(
+                                "EPOCH {epoch} out of sequence: expected epoch {want} ({kept})"
+                            ),
                         ));
                     }
                 }
@@ -1483,19 +1733,29 @@ impl<A: FrameAllocator> Receiver<A> {
                         format!("epoch {epoch} starts with chunk {chunk}, expected chunk 0"),
                     ));
                 }
-                st.progress = Some(Progress { epoch, next_chunk: 0, records: 0 });
+                st.progress = Some(Progress {
+                    epoch,
+                    next_chunk: 0,
+                    records: 0,
+                });
             }
             Some(p) => {
                 if epoch != p.epoch {
                     return Err(Fail::Refuse(
                         ErrorCode::BAD_EPOCH,
-                        format!("EPOCH {epoch} inside epoch {} before its COMMIT ({kept})", p.epoch),
+                        format!(
+                            "EPOCH {epoch} inside epoch {} before its COMMIT ({kept})",
+                            p.epoch
+                        ),
                     ));
                 }
                 if chunk != p.next_chunk {
                     return Err(Fail::Refuse(
                         ErrorCode::PROTOCOL,
-                        format!("epoch {epoch}: chunk {chunk} where chunk {} was due", p.next_chunk),
+                        format!(
+                            "epoch {epoch}: chunk {chunk} where chunk {} was due",
+                            p.next_chunk
+                        ),
                     ));
                 }
             }
@@ -1503,8 +1763,10 @@ impl<A: FrameAllocator> Receiver<A> {
         let Some(decoder) = st.decoder.as_mut() else {
             return Err(Fail::Refuse(ErrorCode::INTERNAL, "no decoder".to_string()));
         };
-        let mut staging =
-            self.store.staging(vm).map_err(|e| Fail::Refuse(ErrorCode::INTERNAL, format!("{e}")))?;
+        let mut staging = self
+            .store
+            .staging(vm)
+            .map_err(|e| Fail::Refuse(ErrorCode::INTERNAL, format!("{e}")))?;
         let res = decoder.apply_chunk(&mut staging, data);
         let stats = match res {
             Ok(s) => s,
@@ -1540,7 +1802,10 @@ impl<A: FrameAllocator> Receiver<A> {
         if let Some(p) = st.progress.as_mut() {
             p.records += stats.records;
             p.next_chunk = p.next_chunk.checked_add(1).ok_or_else(|| {
-                Fail::Refuse(ErrorCode::PROTOCOL, "too many chunks in one epoch".to_string())
+                Fail::Refuse(
+                    ErrorCode::PROTOCOL,
+                    "too many chunks in one epoch".to_string(),
+                )
             })?;
         }
         Ok(())
@@ -1569,7 +1834,11 @@ impl<A: FrameAllocator> Receiver<A> {
                         ));
                     }
                 }
-                Progress { epoch, next_chunk: 0, records: 0 }
+                Progress {
+                    epoch,
+                    next_chunk: 0,
+                    records: 0,
+                }
             }
         };
         if epoch != p.epoch {
@@ -1581,7 +1850,10 @@ impl<A: FrameAllocator> Receiver<A> {
         if chunks != p.next_chunk {
             return Err(Fail::Refuse(
                 ErrorCode::PROTOCOL,
-                format!("COMMIT {epoch} announces {chunks} chunks, {} were received; epoch discarded", p.next_chunk),
+                format!(
+                    "COMMIT {epoch} announces {chunks} chunks, {} were received; epoch discarded",
+                    p.next_chunk
+                ),
             ));
         }
         if pages != p.records {
@@ -1591,12 +1863,23 @@ impl<A: FrameAllocator> Receiver<A> {
             ));
         }
         // FGBI v1 defines no digest: the AEAD already authenticates every byte.
-        self.store.commit(vm, epoch).map_err(|e| Fail::Refuse(ErrorCode::INTERNAL, format!("{e}")))?;
+        self.store
+            .commit(vm, epoch)
+            .map_err(|e| Fail::Refuse(ErrorCode::INTERNAL, format!("{e}")))?;
         st.progress = None;
         if let Some(v) = self.vms.get_mut(&vm) {
             v.epochs_committed += 1;
         }
-        self.event(now_ms, Some(id), Some(vm), EventKind::Committed { epoch, chunks, pages });
+        self.event(
+            now_ms,
+            Some(id),
+            Some(vm),
+            EventKind::Committed {
+                epoch,
+                chunks,
+                pages,
+            },
+        );
         Ok(Reply::Ack(epoch))
     }
 }

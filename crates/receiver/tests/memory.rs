@@ -49,13 +49,24 @@ static ALLOC: Counting = Counting;
 #[test]
 fn a_connection_stays_within_conn_memory_during_a_full_first_epoch() {
     let pages = 4096u64; // 16 MiB
-    let mut rx = receiver(64 << 20, &["web1"], ReceiverConfig { boot_material: [1; 32], ..ReceiverConfig::default() });
+    let mut rx = receiver(
+        64 << 20,
+        &["web1"],
+        ReceiverConfig {
+            boot_material: [1; 32],
+            ..ReceiverConfig::default()
+        },
+    );
     let mut p = Primary::new("web1", pages, EncoderConfig::default());
     let mut rng = Rng(77);
     let img = initial_image(pages as usize, &mut rng);
     p.connect(&mut rx, 0).unwrap();
     let bytes = p.epoch_bytes(&img);
-    assert!(bytes.len() > 3 << 20, "a multi-chunk epoch: {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 3 << 20,
+        "a multi-chunk epoch: {} bytes",
+        bytes.len()
+    );
     // The appliance's TCP receive buffer hands out up to 256 KiB at a time.
     p.split = 256 * 1024;
     let store_before = rx.store().memory_used();
@@ -77,6 +88,9 @@ fn a_connection_stays_within_conn_memory_during_a_full_first_epoch() {
         conn / 1024,
         CONN_MEMORY / 1024
     );
-    assert!(conn <= CONN_MEMORY, "connection used {conn} bytes, more than CONN_MEMORY = {CONN_MEMORY}");
+    assert!(
+        conn <= CONN_MEMORY,
+        "connection used {conn} bytes, more than CONN_MEMORY = {CONN_MEMORY}"
+    );
     assert_eq!(store_image(&mut rx, p.vm), img);
 }

@@ -10,7 +10,10 @@ use resilire_proto::{Heartbeat, Message};
 use resilire_receiver::*;
 
 fn cfg() -> ReceiverConfig {
-    ReceiverConfig { boot_material: [5; 32], ..ReceiverConfig::default() }
+    ReceiverConfig {
+        boot_material: [5; 32],
+        ..ReceiverConfig::default()
+    }
 }
 
 proptest! {

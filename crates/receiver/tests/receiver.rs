@@ -11,7 +11,10 @@ use resilire_receiver::*;
 const MIB: usize = 1 << 20;
 
 fn cfg() -> ReceiverConfig {
-    ReceiverConfig { boot_material: [3; 32], ..ReceiverConfig::default() }
+    ReceiverConfig {
+        boot_material: [3; 32],
+        ..ReceiverConfig::default()
+    }
 }
 
 fn events(rx: &mut Rx) -> Vec<Event> {
@@ -36,8 +39,23 @@ fn multi_epoch_streams_read_back_byte_for_byte() {
     for (bs, enc_cfg, split) in [
         (64, small_chunks(64), 1000usize),
         (32, small_chunks(32), 4096),
-        (256, EncoderConfig { block_size: 256, ..EncoderConfig::default() }, 65536),
-        (4096, EncoderConfig { block_size: 4096, batch_len: 0, ..EncoderConfig::default() }, 7),
+        (
+            256,
+            EncoderConfig {
+                block_size: 256,
+                ..EncoderConfig::default()
+            },
+            65536,
+        ),
+        (
+            4096,
+            EncoderConfig {
+                block_size: 4096,
+                batch_len: 0,
+                ..EncoderConfig::default()
+            },
+            7,
+        ),
     ] {
         let mut rx = receiver(64 * MIB, &["web1"], cfg());
         let pages = 160u64;
@@ -54,8 +72,15 @@ fn multi_epoch_streams_read_back_byte_for_byte() {
             p.sync(&mut rx, &img, e);
             assert_eq!(p.acked, Some(e));
             let st = rx.vm_status(p.vm).unwrap();
-            assert_eq!((st.state, st.committed_epoch, st.epochs_committed), (VmState::Protected, Some(e), e));
-            assert_eq!(store_image(&mut rx, p.vm), img, "block size {bs}, epoch {e}");
+            assert_eq!(
+                (st.state, st.committed_epoch, st.epochs_committed),
+                (VmState::Protected, Some(e), e)
+            );
+            assert_eq!(
+                store_image(&mut rx, p.vm),
+                img,
+                "block size {bs}, epoch {e}"
+            );
         }
         // An empty epoch (nothing changed) commits too.
         p.sync(&mut rx, &img.clone(), 11);
@@ -68,8 +93,14 @@ fn multi_epoch_streams_read_back_byte_for_byte() {
         let dir: Vec<_> = rx.page_directory(p.vm).unwrap().collect();
         assert_eq!(dir.len(), pages as usize);
         for (pfn, loc) in dir.iter().enumerate() {
-            let zero = img[pfn * PAGE_SIZE..(pfn + 1) * PAGE_SIZE].iter().all(|&b| b == 0);
-            assert_eq!(zero, *loc == resilire_store::PageLocation::Zero, "pfn {pfn}");
+            let zero = img[pfn * PAGE_SIZE..(pfn + 1) * PAGE_SIZE]
+                .iter()
+                .all(|&b| b == 0);
+            assert_eq!(
+                zero,
+                *loc == resilire_store::PageLocation::Zero,
+                "pfn {pfn}"
+            );
         }
     }
 }
@@ -91,12 +122,21 @@ fn a_cut_anywhere_in_an_epoch_keeps_the_previous_one_and_a_reconnect_resumes() {
     let probe = p.epoch_bytes(&img2);
     let len = probe.len();
     let starts = frame_starts(&probe);
-    assert!(starts.len() >= 4, "epoch 2 should have several chunks: {starts:?}");
+    assert!(
+        starts.len() >= 4,
+        "epoch 2 should have several chunks: {starts:?}"
+    );
     p.cut(&mut rx, 1);
 
     let mut cuts: Vec<usize> = (0..len).step_by(len / 200 + 1).collect();
     for &s in &starts {
-        cuts.extend([s.saturating_sub(1), s, s + 1, s + HEADER_LEN, s + HEADER_LEN + 1]);
+        cuts.extend([
+            s.saturating_sub(1),
+            s,
+            s + 1,
+            s + HEADER_LEN,
+            s + HEADER_LEN + 1,
+        ]);
     }
     cuts.push(len - 1);
     cuts.sort_unstable();
@@ -113,13 +153,31 @@ fn a_cut_anywhere_in_an_epoch_keeps_the_previous_one_and_a_reconnect_resumes() {
         assert!(back.acks.is_empty());
         p.cut(&mut rx, t);
         assert_eq!(store_image(&mut rx, p.vm), img1, "cut at byte {c} of {len}");
-        assert_eq!(footprint(&rx), used_after_1, "staging freed after a cut at {c}");
-        let aborted = events(&mut rx).iter().any(|e| matches!(e.kind, EventKind::Closed { aborted_epoch: Some(2) }));
+        assert_eq!(
+            footprint(&rx),
+            used_after_1,
+            "staging freed after a cut at {c}"
+        );
+        let aborted = events(&mut rx).iter().any(|e| {
+            matches!(
+                e.kind,
+                EventKind::Closed {
+                    aborted_epoch: Some(2)
+                }
+            )
+        });
         let st = rx.vm_status(p.vm).unwrap();
         assert_eq!(st.committed_epoch, Some(1));
         assert_eq!(st.connection, None);
         assert_eq!(aborted, c >= starts[1], "cut at {c}: closed event");
-        assert_eq!(st.state, if c >= starts[1] { VmState::Failed } else { VmState::Idle });
+        assert_eq!(
+            st.state,
+            if c >= starts[1] {
+                VmState::Failed
+            } else {
+                VmState::Idle
+            }
+        );
     }
     // Cuts inside HELLO.
     for c in [1, HEADER_LEN, HEADER_LEN + SALT_LEN + 3] {
@@ -164,7 +222,12 @@ fn forged_replayed_and_foreign_frames_are_refused_and_logged_and_the_store_is_un
     rx.on_bytes(conn, &rec_hello, 1, &mut out).unwrap();
     let mut back = Back::default();
     a.absorb(&out, &mut back);
-    let hb = a.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 1 })).unwrap();
+    let hb = a
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 1 }))
+        .unwrap();
     a.deliver(&mut rx, &hb, 1).unwrap();
     let rec_epoch = a.epoch_bytes(&img_a);
     a.deliver(&mut rx, &rec_epoch, 1).unwrap();
@@ -180,12 +243,16 @@ fn forged_replayed_and_foreign_frames_are_refused_and_logged_and_the_store_is_un
         assert_eq!(store_image(rx, vm_id_of("a")), img_a);
         assert_eq!(store_image(rx, vm_id_of("b")), img_b);
         assert_eq!(footprint(rx), used);
-        assert_eq!(rx.vm_status(vm_id_of("a")).unwrap().committed_epoch, Some(1));
+        assert_eq!(
+            rx.vm_status(vm_id_of("a")).unwrap().committed_epoch,
+            Some(1)
+        );
     };
     let logged = |rx: &mut Rx, want: ProtoError| {
         let ev = events(rx);
         assert!(
-            ev.iter().any(|e| e.kind == EventKind::FrameRefused(want) && e.level() == Level::Warn),
+            ev.iter()
+                .any(|e| e.kind == EventKind::FrameRefused(want) && e.level() == Level::Warn),
             "{want:?} not logged: {ev:?}"
         );
     };
@@ -202,7 +269,11 @@ fn forged_replayed_and_foreign_frames_are_refused_and_logged_and_the_store_is_un
     check_intact(&mut rx);
     let st = rx.vm_status(a.vm).unwrap();
     assert_eq!(st.state, VmState::Failed);
-    assert!(st.last_error.unwrap().contains("authentication"), "{:?}", st.last_error);
+    assert!(
+        st.last_error.unwrap().contains("authentication"),
+        "{:?}",
+        st.last_error
+    );
 
     // 2. A forged clear header (sequence number rewritten) and a replayed frame.
     a.connect(&mut rx, 3).unwrap();
@@ -211,14 +282,32 @@ fn forged_replayed_and_foreign_frames_are_refused_and_logged_and_the_store_is_un
     let first = bytes[..starts[1]].to_vec();
     a.deliver(&mut rx, &first, 3).unwrap();
     let (e, _) = a.deliver(&mut rx, &first, 3).unwrap_err();
-    assert_eq!(e, ConnError::Protocol(ProtoError::BadSequence { expected: 3, got: 2 }));
-    logged(&mut rx, ProtoError::BadSequence { expected: 3, got: 2 });
+    assert_eq!(
+        e,
+        ConnError::Protocol(ProtoError::BadSequence {
+            expected: 3,
+            got: 2
+        })
+    );
+    logged(
+        &mut rx,
+        ProtoError::BadSequence {
+            expected: 3,
+            got: 2,
+        },
+    );
     check_intact(&mut rx);
     a.connect(&mut rx, 4).unwrap();
     let mut bytes = a.epoch_bytes(&mutated);
     bytes[16] = 5; // seq 2 -> 5
     let (e, _) = a.deliver(&mut rx, &bytes, 4).unwrap_err();
-    assert_eq!(e, ConnError::Protocol(ProtoError::BadSequence { expected: 2, got: 5 }));
+    assert_eq!(
+        e,
+        ConnError::Protocol(ProtoError::BadSequence {
+            expected: 2,
+            got: 5
+        })
+    );
     let mut bytes2 = bytes.clone();
     bytes2[16] = 2;
     bytes2[6] = 1; // flags
@@ -270,12 +359,26 @@ fn forged_replayed_and_foreign_frames_are_refused_and_logged_and_the_store_is_un
         }))
         .unwrap();
     let mut out = Vec::new();
-    assert_eq!(rx.on_bytes(foreign, &h, 7, &mut out), Err(ConnError::Protocol(ProtoError::AuthFailed)));
+    assert_eq!(
+        rx.on_bytes(foreign, &h, 7, &mut out),
+        Err(ConnError::Protocol(ProtoError::AuthFailed))
+    );
     assert!(out.is_empty(), "nothing is sent to an unauthenticated peer");
     logged(&mut rx, ProtoError::AuthFailed);
-    let b_frame = b.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+    let b_frame = b
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 0 }))
+        .unwrap();
     let (e, _) = a.deliver(&mut rx, &b_frame, 7).unwrap_err();
-    assert_eq!(e, ConnError::Protocol(ProtoError::VmMismatch { expected: a.vm, got: b.vm }));
+    assert_eq!(
+        e,
+        ConnError::Protocol(ProtoError::VmMismatch {
+            expected: a.vm,
+            got: b.vm
+        })
+    );
     let unknown = rx.accept(7);
     let mut s = Session::primary(vm_id_of("zzz"), Key([1; 32]), [9; 32]);
     let h = s
@@ -296,7 +399,10 @@ fn forged_replayed_and_foreign_frames_are_refused_and_logged_and_the_store_is_un
         Err(ConnError::Protocol(ProtoError::UnknownVm(vm_id_of("zzz"))))
     );
     let garbage = rx.accept(7);
-    assert_eq!(rx.on_bytes(garbage, &[0x55; 64], 7, &mut out), Err(ConnError::Protocol(ProtoError::BadMagic)));
+    assert_eq!(
+        rx.on_bytes(garbage, &[0x55; 64], 7, &mut out),
+        Err(ConnError::Protocol(ProtoError::BadMagic))
+    );
     assert!(out.is_empty());
     assert_eq!(store_image(&mut rx, a.vm), mutated);
     assert_eq!(store_image(&mut rx, b.vm), img_b);
@@ -322,22 +428,34 @@ fn receiver_level_refusals_send_error_and_keep_the_committed_image() {
     let mut img2 = img.clone();
     mutate(&mut img2, &mut rng, 20);
 
-    let expect_error = |p: &mut Primary, rx: &mut Rx, bytes: Vec<u8>, code: ErrorCode, words: &str| {
-        let (e, back) = p.deliver(rx, &bytes, 1).unwrap_err();
-        assert!(matches!(&e, ConnError::Refused { code: c, .. } if *c == code), "{e:?}");
-        assert_eq!(back.errors.len(), 1, "one ERROR frame");
-        assert_eq!(back.errors[0].0, code.0);
-        assert!(back.errors[0].1.contains(words), "{:?} lacks {words:?}", back.errors[0].1);
-        assert_eq!(store_image(rx, p.vm), img);
-        assert_eq!(footprint(rx), used);
-        let st = rx.vm_status(p.vm).unwrap();
-        assert_eq!((st.state, st.committed_epoch), (VmState::Failed, Some(1)));
-        assert!(st.last_error.unwrap().contains(words));
-        let ev: Vec<Event> = rx.take_events().collect();
-        assert!(ev.iter().any(|e| matches!(&e.kind, EventKind::Refused { code: c, .. } if *c == code)));
-        assert!(ev.iter().any(|e| matches!(e.kind, EventKind::Closed { .. })));
-        p.session = None;
-    };
+    let expect_error =
+        |p: &mut Primary, rx: &mut Rx, bytes: Vec<u8>, code: ErrorCode, words: &str| {
+            let (e, back) = p.deliver(rx, &bytes, 1).unwrap_err();
+            assert!(
+                matches!(&e, ConnError::Refused { code: c, .. } if *c == code),
+                "{e:?}"
+            );
+            assert_eq!(back.errors.len(), 1, "one ERROR frame");
+            assert_eq!(back.errors[0].0, code.0);
+            assert!(
+                back.errors[0].1.contains(words),
+                "{:?} lacks {words:?}",
+                back.errors[0].1
+            );
+            assert_eq!(store_image(rx, p.vm), img);
+            assert_eq!(footprint(rx), used);
+            let st = rx.vm_status(p.vm).unwrap();
+            assert_eq!((st.state, st.committed_epoch), (VmState::Failed, Some(1)));
+            assert!(st.last_error.unwrap().contains(words));
+            let ev: Vec<Event> = rx.take_events().collect();
+            assert!(ev
+                .iter()
+                .any(|e| matches!(&e.kind, EventKind::Refused { code: c, .. } if *c == code)));
+            assert!(ev
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Closed { .. })));
+            p.session = None;
+        };
 
     // Epoch out of sequence.
     p.connect(&mut rx, 1).unwrap();
@@ -351,44 +469,111 @@ fn receiver_level_refusals_send_error_and_keep_the_committed_image() {
         let mut chunks = Vec::new();
         let dirty: Vec<u64> = (0..32).collect();
         p.enc.take_stats();
-        p.enc.encode_epoch(&img2, dirty, &mut |c| chunks.push(c.to_vec()));
+        p.enc
+            .encode_epoch(&img2, dirty, &mut |c| chunks.push(c.to_vec()));
         let st = p.enc.take_stats();
         p.enc.abort_epoch();
         let mut b = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            s.seal_into(&Message::Epoch(EpochData { epoch: 2, chunk_index: i as u32, data: c }), &mut b).unwrap();
+            s.seal_into(
+                &Message::Epoch(EpochData {
+                    epoch: 2,
+                    chunk_index: i as u32,
+                    data: c,
+                }),
+                &mut b,
+            )
+            .unwrap();
         }
         let pages = st.zero_pages + st.raw_pages + st.ops_pages + st.zops_pages;
-        let commit = Commit { epoch: 2, chunks: chunks.len() as u32 + dc, pages: pages + dp, digest: [0; 32] };
+        let commit = Commit {
+            epoch: 2,
+            chunks: chunks.len() as u32 + dc,
+            pages: pages + dp,
+            digest: [0; 32],
+        };
         s.seal_into(&Message::Commit(commit), &mut b).unwrap();
         expect_error(&mut p, &mut rx, b, ErrorCode::PROTOCOL, words);
     }
     // Chunks out of order.
     p.connect(&mut rx, 1).unwrap();
     let s = p.session.as_mut().unwrap();
-    let b = s.seal(&Message::Epoch(EpochData { epoch: 2, chunk_index: 1, data: &[] })).unwrap();
+    let b = s
+        .seal(&Message::Epoch(EpochData {
+            epoch: 2,
+            chunk_index: 1,
+            data: &[],
+        }))
+        .unwrap();
     expect_error(&mut p, &mut rx, b, ErrorCode::PROTOCOL, "chunk 0");
     // A chunk that does not decode (valid frame, bad records), after a good one.
     p.connect(&mut rx, 1).unwrap();
     let s = p.session.as_mut().unwrap();
-    let mut b = s.seal(&Message::Epoch(EpochData { epoch: 2, chunk_index: 0, data: &[1, 3, 1, 0] })).unwrap();
-    s.seal_into(&Message::Epoch(EpochData { epoch: 2, chunk_index: 1, data: &[2, 0, 1, 2, 3] }), &mut b).unwrap();
-    expect_error(&mut p, &mut rx, b, ErrorCode::DECODE_FAILED, "failed to decode");
+    let mut b = s
+        .seal(&Message::Epoch(EpochData {
+            epoch: 2,
+            chunk_index: 0,
+            data: &[1, 3, 1, 0],
+        }))
+        .unwrap();
+    s.seal_into(
+        &Message::Epoch(EpochData {
+            epoch: 2,
+            chunk_index: 1,
+            data: &[2, 0, 1, 2, 3],
+        }),
+        &mut b,
+    )
+    .unwrap();
+    expect_error(
+        &mut p,
+        &mut rx,
+        b,
+        ErrorCode::DECODE_FAILED,
+        "failed to decode",
+    );
     // A page beyond the image.
     p.connect(&mut rx, 1).unwrap();
     let s = p.session.as_mut().unwrap();
-    let b = s.seal(&Message::Epoch(EpochData { epoch: 2, chunk_index: 0, data: &[1, 40] })).unwrap();
-    expect_error(&mut p, &mut rx, b, ErrorCode::DECODE_FAILED, "beyond the image");
+    let b = s
+        .seal(&Message::Epoch(EpochData {
+            epoch: 2,
+            chunk_index: 0,
+            data: &[1, 40],
+        }))
+        .unwrap();
+    expect_error(
+        &mut p,
+        &mut rx,
+        b,
+        ErrorCode::DECODE_FAILED,
+        "beyond the image",
+    );
     // READ beyond the image.
     p.connect(&mut rx, 1).unwrap();
     let s = p.session.as_mut().unwrap();
-    let b = s.seal(&Message::Read(Read { request_id: 1, first_pfn: 30, count: 3 })).unwrap();
-    expect_error(&mut p, &mut rx, b, ErrorCode::OUT_OF_RANGE, "beyond the image");
+    let b = s
+        .seal(&Message::Read(Read {
+            request_id: 1,
+            first_pfn: 30,
+            count: 3,
+        }))
+        .unwrap();
+    expect_error(
+        &mut p,
+        &mut rx,
+        b,
+        ErrorCode::OUT_OF_RANGE,
+        "beyond the image",
+    );
     // A HELLO with another memory size, another codec, a bad block size.
     let mut q = Primary::new("v", 64, small_chunks(64));
     let (code, reason) = q.connect(&mut rx, 1).unwrap_err();
     assert_eq!(code, ErrorCode::PROTOCOL.0);
-    assert!(reason.contains("64 pages") && reason.contains("32 pages"), "{reason}");
+    assert!(
+        reason.contains("64 pages") && reason.contains("32 pages"),
+        "{reason}"
+    );
     assert_eq!(store_image(&mut rx, p.vm), img);
     // After all that the VM resumes normally.
     p.connect(&mut rx, 2).unwrap();
@@ -410,12 +595,17 @@ fn a_vm_too_large_for_the_budget_is_refused_while_another_stays_intact() {
 
     let (code, reason) = big.connect(&mut rx, 1).unwrap_err();
     assert_eq!(code, ErrorCode::NO_MEMORY.0);
-    assert!(reason.contains("'big' does not fit") && reason.contains("16 MiB"), "{reason}");
+    assert!(
+        reason.contains("'big' does not fit") && reason.contains("16 MiB"),
+        "{reason}"
+    );
     let st = rx.vm_status(big.vm).unwrap();
     assert_eq!(st.state, VmState::Failed);
     assert_eq!(st.pages, None);
     assert!(st.last_error.unwrap().contains("does not fit"));
-    assert!(events(&mut rx).iter().any(|e| matches!(&e.kind, EventKind::Refused { code, .. } if *code == ErrorCode::NO_MEMORY)));
+    assert!(events(&mut rx).iter().any(
+        |e| matches!(&e.kind, EventKind::Refused { code, .. } if *code == ErrorCode::NO_MEMORY)
+    ));
     assert_eq!(rx.store().memory_used(), used);
     assert_eq!(store_image(&mut rx, small.vm), img);
     let mut img2 = img.clone();
@@ -428,7 +618,10 @@ fn a_vm_too_large_for_the_budget_is_refused_while_another_stays_intact() {
 #[test]
 fn an_epoch_that_outgrows_the_store_is_refused_and_the_previous_epoch_kept() {
     // Admission counts on sharing (10%), so the VM is admitted, but random pages do not share.
-    let cfg = ReceiverConfig { admission_percent: 10, ..cfg() };
+    let cfg = ReceiverConfig {
+        admission_percent: 10,
+        ..cfg()
+    };
     let mut rx = receiver(MIB, &["x", "y"], cfg);
     let mut x = Primary::new("x", 512, small_chunks(64));
     let mut y = Primary::new("y", 16, small_chunks(64));
@@ -445,9 +638,28 @@ fn an_epoch_that_outgrows_the_store_is_refused_and_the_previous_epoch_kept() {
     rng.fill(&mut img2);
     let b = x.epoch_bytes(&img2);
     let (e, back) = x.deliver(&mut rx, &b, 1).unwrap_err();
-    assert!(matches!(e, ConnError::Refused { code: ErrorCode::NO_MEMORY, .. }), "{e:?}");
-    assert!(back.errors[0].1.contains("does not fit in the checkpoint store"), "{:?}", back.errors);
-    assert!(back.errors[0].1.contains("epoch 1 kept"), "{:?}", back.errors);
+    assert!(
+        matches!(
+            e,
+            ConnError::Refused {
+                code: ErrorCode::NO_MEMORY,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        back.errors[0]
+            .1
+            .contains("does not fit in the checkpoint store"),
+        "{:?}",
+        back.errors
+    );
+    assert!(
+        back.errors[0].1.contains("epoch 1 kept"),
+        "{:?}",
+        back.errors
+    );
     assert_eq!(footprint(&rx), used);
     assert_eq!(store_image(&mut rx, x.vm), img);
     assert_eq!(store_image(&mut rx, y.vm), img_y);
@@ -461,7 +673,14 @@ fn an_epoch_that_outgrows_the_store_is_refused_and_the_previous_epoch_kept() {
 fn two_vms_interleaved_on_two_connections() {
     let mut rx = receiver(64 * MIB, &["one", "two"], cfg());
     let mut p1 = Primary::new("one", 96, small_chunks(64));
-    let mut p2 = Primary::new("two", 40, EncoderConfig { block_size: 128, ..small_chunks(128) });
+    let mut p2 = Primary::new(
+        "two",
+        40,
+        EncoderConfig {
+            block_size: 128,
+            ..small_chunks(128)
+        },
+    );
     let mut rng = Rng(21);
     let mut i1 = initial_image(96, &mut rng);
     let mut i2 = initial_image(40, &mut rng);
@@ -491,7 +710,10 @@ fn two_vms_interleaved_on_two_connections() {
     }
     assert_eq!(p1.read_back(&mut rx, 9), i1);
     assert_eq!(p2.read_back(&mut rx, 9), i2);
-    let st: Vec<_> = rx.status().map(|s| (s.name.to_string(), s.state, s.committed_epoch)).collect();
+    let st: Vec<_> = rx
+        .status()
+        .map(|s| (s.name.to_string(), s.state, s.committed_epoch))
+        .collect();
     assert_eq!(st.len(), 2);
     for (_, state, epoch) in st {
         assert_eq!((state, epoch), (VmState::Protected, Some(6)));
@@ -524,12 +746,23 @@ fn a_newer_connection_takes_over_once_it_proves_itself_live() {
     assert_eq!(rx.vm_status(p.vm).unwrap().connection, Some(new));
     assert_eq!(rx.pending_connections(), vec![old]);
     let mut out = Vec::new();
-    assert_eq!(rx.poll_output(old, &mut out), Err(ConnError::Superseded { by: new }));
+    assert_eq!(
+        rx.poll_output(old, &mut out),
+        Err(ConnError::Superseded { by: new })
+    );
     assert!(!out.is_empty(), "the old connection is told why");
-    assert_eq!(rx.poll_output(old, &mut out), Err(ConnError::UnknownConnection));
+    assert_eq!(
+        rx.poll_output(old, &mut out),
+        Err(ConnError::UnknownConnection)
+    );
     let ev = events(&mut rx);
-    assert!(ev.iter().any(|e| e.kind == EventKind::Superseded { by: new }));
-    assert!(ev.iter().any(|e| e.kind == EventKind::Active { took_over: Some(old) }));
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == EventKind::Superseded { by: new }));
+    assert!(ev.iter().any(|e| e.kind
+        == EventKind::Active {
+            took_over: Some(old)
+        }));
     assert_eq!(store_image(&mut rx, p.vm), img);
     p.sync(&mut rx, &img2, 3);
     assert_eq!(p.read_back(&mut rx, 3), img2);
@@ -539,7 +772,11 @@ fn a_newer_connection_takes_over_once_it_proves_itself_live() {
 
 #[test]
 fn heartbeats_are_answered_and_silent_peers_time_out() {
-    let cfg = ReceiverConfig { dead_peer_ms: 1000, handshake_timeout_ms: 500, ..cfg() };
+    let cfg = ReceiverConfig {
+        dead_peer_ms: 1000,
+        handshake_timeout_ms: 500,
+        ..cfg()
+    };
     let mut rx = receiver(8 * MIB, &["h"], cfg);
     let mut p = Primary::new("h", 16, small_chunks(64));
     let mut rng = Rng(4);
@@ -547,11 +784,25 @@ fn heartbeats_are_answered_and_silent_peers_time_out() {
     p.connect(&mut rx, 0).unwrap(); // checks the HEARTBEAT answer
     assert_eq!(rx.next_deadline(), Some(1000));
     let _ = &img;
-    let b = p.session.as_mut().unwrap().seal(&Message::Epoch(EpochData { epoch: 1, chunk_index: 0, data: &[1, 0] })).unwrap();
+    let b = p
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Epoch(EpochData {
+            epoch: 1,
+            chunk_index: 0,
+            data: &[1, 0],
+        }))
+        .unwrap();
     p.deliver(&mut rx, &b, 400).unwrap();
     assert_eq!(rx.poll_timeouts(1399), Some(1400));
     assert!(rx.pending_connections().is_empty());
-    let hb = p.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 5 })).unwrap();
+    let hb = p
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 5 }))
+        .unwrap();
     assert_eq!(p.deliver(&mut rx, &hb, 1300).unwrap().heartbeats, 1);
     assert_eq!(rx.vm_status(p.vm).unwrap().last_heard_ms, Some(1300));
     // Silent from 1300 on: dead at 2300, epoch in progress discarded.
@@ -562,11 +813,19 @@ fn heartbeats_are_answered_and_silent_peers_time_out() {
     let mut out = Vec::new();
     assert_eq!(rx.poll_output(c, &mut out), Err(ConnError::Timeout));
     let st = rx.vm_status(p.vm).unwrap();
-    assert_eq!((st.state, st.committed_epoch, st.connection), (VmState::Failed, None, None));
+    assert_eq!(
+        (st.state, st.committed_epoch, st.connection),
+        (VmState::Failed, None, None)
+    );
     assert!(st.last_error.unwrap().contains("timeout"));
     let ev = events(&mut rx);
-    assert!(ev.iter().any(|e| e.kind == EventKind::Timeout { idle_ms: 1000 }));
-    assert!(ev.iter().any(|e| e.kind == EventKind::Closed { aborted_epoch: Some(1) }));
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == EventKind::Timeout { idle_ms: 1000 }));
+    assert!(ev.iter().any(|e| e.kind
+        == EventKind::Closed {
+            aborted_epoch: Some(1)
+        }));
     // A connection that never says HELLO.
     let idle = rx.accept(3000);
     assert_eq!(rx.poll_timeouts(3499), Some(3500));
@@ -580,7 +839,10 @@ fn heartbeats_are_answered_and_silent_peers_time_out() {
 fn status_counts_and_life_cycle() {
     let mut rx = receiver(16 * MIB, &["s", "quiet"], cfg());
     let st = rx.vm_status(vm_id_of("quiet")).unwrap();
-    assert_eq!((st.state, st.pages, st.committed_epoch, st.bytes_received), (VmState::Idle, None, None, 0));
+    assert_eq!(
+        (st.state, st.pages, st.committed_epoch, st.bytes_received),
+        (VmState::Idle, None, None, 0)
+    );
     let mut p = Primary::new("s", 24, small_chunks(64));
     let mut rng = Rng(6);
     let mut img = initial_image(24, &mut rng);
@@ -595,7 +857,12 @@ fn status_counts_and_life_cycle() {
     let st = rx.vm_status(p.vm).unwrap();
     assert_eq!((st.state, st.connection), (VmState::Idle, None));
     let mut sent = h.len() as u64;
-    let hb = p.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+    let hb = p
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 0 }))
+        .unwrap();
     sent += hb.len() as u64;
     p.deliver(&mut rx, &hb, 10).unwrap();
     assert_eq!(rx.vm_status(p.vm).unwrap().state, VmState::Syncing);
@@ -615,42 +882,70 @@ fn status_counts_and_life_cycle() {
     assert_eq!(st.pages, Some(24));
     assert!(st.reserved_bytes >= 24 * PAGE_SIZE);
     // An orderly BYE: idle, no error.
-    let bye = p.session.as_mut().unwrap().seal(&Message::Bye(Bye { code: ErrorCode::NONE })).unwrap();
+    let bye = p
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Bye(Bye {
+            code: ErrorCode::NONE,
+        }))
+        .unwrap();
     let (e, _) = p.deliver(&mut rx, &bye, 20).unwrap_err();
     assert_eq!(e, ConnError::PeerClosed);
     let st = rx.vm_status(p.vm).unwrap();
-    assert_eq!((st.state, st.last_error, st.committed_epoch), (VmState::Idle, None, Some(3)));
+    assert_eq!(
+        (st.state, st.last_error, st.committed_epoch),
+        (VmState::Idle, None, Some(3))
+    );
     // The primary reports an error.
     p.connect(&mut rx, 21).unwrap();
     let err = p
         .session
         .as_mut()
         .unwrap()
-        .seal(&Message::Error(ErrorMsg { code: ErrorCode::SHUTTING_DOWN, reason: "host going down" }))
+        .seal(&Message::Error(ErrorMsg {
+            code: ErrorCode::SHUTTING_DOWN,
+            reason: "host going down",
+        }))
         .unwrap();
     p.deliver(&mut rx, &err, 22).unwrap_err();
     let st = rx.vm_status(p.vm).unwrap();
     assert_eq!(st.state, VmState::Failed);
     assert!(st.last_error.unwrap().contains("host going down"));
     let ev = events(&mut rx);
-    assert!(ev.iter().any(|e| matches!(&e.kind, EventKind::PeerError { reason, .. } if reason == "host going down")));
+    assert!(ev.iter().any(
+        |e| matches!(&e.kind, EventKind::PeerError { reason, .. } if reason == "host going down")
+    ));
     for e in &ev {
         assert!(!e.to_string().is_empty());
     }
     // Keys withdrawn: the live connection closes, the image stays.
     p.connect(&mut rx, 23).unwrap();
     let c = p.conn.unwrap();
-    rx.set_keys(&[VmKey { name: "quiet".into(), key: key_bytes("quiet") }], 24).unwrap();
+    rx.set_keys(
+        &[VmKey {
+            name: "quiet".into(),
+            key: key_bytes("quiet"),
+        }],
+        24,
+    )
+    .unwrap();
     let mut out = Vec::new();
     assert_eq!(rx.poll_output(c, &mut out), Err(ConnError::KeyWithdrawn));
     let st = rx.vm_status(p.vm).unwrap();
-    assert_eq!((st.has_key, st.committed_epoch, st.connection), (false, Some(3), None));
+    assert_eq!(
+        (st.has_key, st.committed_epoch, st.connection),
+        (false, Some(3), None)
+    );
     assert_eq!(store_image(&mut rx, p.vm), img);
     // A HELLO for it is now refused without a word.
     let conn = rx.accept(25);
     let h = p.hello_frame();
     let mut out = Vec::new();
-    assert_eq!(rx.on_bytes(conn, &h, 25, &mut out), Err(ConnError::Protocol(ProtoError::UnknownVm(p.vm))));
+    assert_eq!(
+        rx.on_bytes(conn, &h, 25, &mut out),
+        Err(ConnError::Protocol(ProtoError::UnknownVm(p.vm)))
+    );
     assert!(out.is_empty());
 }
 
@@ -658,9 +953,15 @@ fn status_counts_and_life_cycle() {
 fn vm_ids_and_key_sets() {
     assert_ne!(vm_id_of("a"), vm_id_of("b"));
     assert_eq!(vm_id_of("web1"), vm_id_of("web1"));
-    let k = |n: &str| VmKey { name: n.into(), key: [1; 32] };
+    let k = |n: &str| VmKey {
+        name: n.into(),
+        key: [1; 32],
+    };
     let store = resilire_store::Store::new(resilire_store::HeapFrames::new(), MIB);
-    assert_eq!(Receiver::new(store, &[k("a"), k("a")], cfg()).unwrap_err(), KeyError::Duplicate("a".into()));
+    assert_eq!(
+        Receiver::new(store, &[k("a"), k("a")], cfg()).unwrap_err(),
+        KeyError::Duplicate("a".into())
+    );
     assert!(!format!("{:?}", k("a")).contains("1, 1"));
 }
 
@@ -681,7 +982,14 @@ fn every_connection_gets_a_fresh_appliance_salt_even_for_a_replayed_hello() {
     }
     assert_eq!(salts.len(), 5);
     // Another boot material gives other salts for the same counter and time.
-    let mut rx2 = receiver(4 * MIB, &["r"], ReceiverConfig { boot_material: [4; 32], ..cfg() });
+    let mut rx2 = receiver(
+        4 * MIB,
+        &["r"],
+        ReceiverConfig {
+            boot_material: [4; 32],
+            ..cfg()
+        },
+    );
     let c = rx2.accept(0);
     let mut out = Vec::new();
     rx2.on_bytes(c, &h, 0, &mut out).unwrap();
@@ -690,7 +998,14 @@ fn every_connection_gets_a_fresh_appliance_salt_even_for_a_replayed_hello() {
 
 #[test]
 fn key_changes_and_image_removal() {
-    let mut rx = receiver(8 * MIB, &["k", "other"], ReceiverConfig { max_events: 4, ..cfg() });
+    let mut rx = receiver(
+        8 * MIB,
+        &["k", "other"],
+        ReceiverConfig {
+            max_events: 4,
+            ..cfg()
+        },
+    );
     let mut p = Primary::new("k", 8, small_chunks(64));
     let mut rng = Rng(12);
     let img = initial_image(8, &mut rng);
@@ -700,8 +1015,14 @@ fn key_changes_and_image_removal() {
     let early = rx.accept(1);
     let old_hello = p.hello_frame();
     let keys = [
-        VmKey { name: "k".into(), key: [0xee; 32] },
-        VmKey { name: "other".into(), key: key_bytes("other") },
+        VmKey {
+            name: "k".into(),
+            key: [0xee; 32],
+        },
+        VmKey {
+            name: "other".into(),
+            key: key_bytes("other"),
+        },
     ];
     rx.set_keys(&keys, 1).unwrap();
     let live = p.conn.unwrap();
@@ -710,7 +1031,10 @@ fn key_changes_and_image_removal() {
     assert_eq!(rx.poll_output(live, &mut out), Err(ConnError::KeyWithdrawn));
     let mut out = Vec::new();
     let e = rx.on_bytes(early, &old_hello, 2, &mut out).unwrap_err();
-    assert!(matches!(&e, ConnError::Refused { code: ErrorCode::UNKNOWN_VM, reason } if reason.contains("changed")), "{e:?}");
+    assert!(
+        matches!(&e, ConnError::Refused { code: ErrorCode::UNKNOWN_VM, reason } if reason.contains("changed")),
+        "{e:?}"
+    );
     // With the new key the VM resumes from its image.
     p.key = [0xee; 32];
     p.session = None;
@@ -721,14 +1045,23 @@ fn key_changes_and_image_removal() {
     assert!(reserved > 0);
     rx.remove_vm(p.vm, 4).unwrap();
     let st = rx.vm_status(p.vm).unwrap();
-    assert_eq!((st.pages, st.committed_epoch, st.reserved_bytes), (None, None, 0));
-    assert_eq!(rx.poll_output(p.conn.unwrap(), &mut out), Err(ConnError::KeyWithdrawn));
+    assert_eq!(
+        (st.pages, st.committed_epoch, st.reserved_bytes),
+        (None, None, 0)
+    );
+    assert_eq!(
+        rx.poll_output(p.conn.unwrap(), &mut out),
+        Err(ConnError::KeyWithdrawn)
+    );
     assert_eq!(rx.store().allocator().in_use(), 0);
     // The event queue kept only the newest events.
     assert!(rx.events_dropped() > 0);
     assert_eq!(rx.take_events().count(), 4);
     // Duplicate names are refused and change nothing.
-    assert_eq!(rx.set_keys(&[keys[0].clone(), keys[0].clone()], 5), Err(KeyError::Duplicate("k".into())));
+    assert_eq!(
+        rx.set_keys(&[keys[0].clone(), keys[0].clone()], 5),
+        Err(KeyError::Duplicate("k".into()))
+    );
     assert!(rx.vm_status(vm_id_of("other")).unwrap().has_key);
 }
 
@@ -751,29 +1084,47 @@ fn refused_frames_after_welcome_get_an_error_and_are_counted() {
 
     // Each case: (what, the bytes after a live connection, the reason's words).
     let mut n = 0;
-    let mut expect_error = |rx: &mut Rx, a: &mut Primary, bytes: Vec<u8>, words: &str, want: ProtoError| {
-        let (e, back) = a.deliver(rx, &bytes, 1).unwrap_err();
-        assert_eq!(e, ConnError::Protocol(want));
-        assert_eq!(back.errors.len(), 1, "{words}: one ERROR expected: {back:?}");
-        let (code, reason) = &back.errors[0];
-        assert_eq!(*code, ErrorCode::PROTOCOL.0);
-        assert!(reason.starts_with("frame refused") && reason.contains(words), "{reason}");
-        n += 1;
-        assert_eq!(rx.counters().frames_refused, n);
-        assert_eq!(rx.vm_status(a.vm).unwrap().frames_refused, n);
-        assert_eq!(store_image(rx, a.vm), img_a);
-        assert_eq!(store_image(rx, vm_id_of("b")), img_b);
-        assert_eq!(footprint(rx), used);
-        assert_eq!(rx.vm_status(a.vm).unwrap().committed_epoch, Some(1));
-        let ev: Vec<Event> = rx.take_events().collect();
-        assert!(ev.iter().any(|e| e.kind == EventKind::FrameRefused(want) && e.level() == Level::Warn), "{ev:?}");
-        a.connect(rx, 2).unwrap();
-    };
+    let mut expect_error =
+        |rx: &mut Rx, a: &mut Primary, bytes: Vec<u8>, words: &str, want: ProtoError| {
+            let (e, back) = a.deliver(rx, &bytes, 1).unwrap_err();
+            assert_eq!(e, ConnError::Protocol(want));
+            assert_eq!(
+                back.errors.len(),
+                1,
+                "{words}: one ERROR expected: {back:?}"
+            );
+            let (code, reason) = &back.errors[0];
+            assert_eq!(*code, ErrorCode::PROTOCOL.0);
+            assert!(
+                reason.starts_with("frame refused") && reason.contains(words),
+                "{reason}"
+            );
+            n += 1;
+            assert_eq!(rx.counters().frames_refused, n);
+            assert_eq!(rx.vm_status(a.vm).unwrap().frames_refused, n);
+            assert_eq!(store_image(rx, a.vm), img_a);
+            assert_eq!(store_image(rx, vm_id_of("b")), img_b);
+            assert_eq!(footprint(rx), used);
+            assert_eq!(rx.vm_status(a.vm).unwrap().committed_epoch, Some(1));
+            let ev: Vec<Event> = rx.take_events().collect();
+            assert!(
+                ev.iter()
+                    .any(|e| e.kind == EventKind::FrameRefused(want) && e.level() == Level::Warn),
+                "{ev:?}"
+            );
+            a.connect(rx, 2).unwrap();
+        };
     // Forged: a corrupted tag in the middle of an epoch.
     let mut bytes = a.epoch_bytes(&mutated);
     let starts = frame_starts(&bytes);
     bytes[starts[1] - 1] ^= 1;
-    expect_error(&mut rx, &mut a, bytes, "authentication", ProtoError::AuthFailed);
+    expect_error(
+        &mut rx,
+        &mut a,
+        bytes,
+        "authentication",
+        ProtoError::AuthFailed,
+    );
     a.pending = None;
     a.enc.abort_epoch();
     // Replayed: the first chunk twice.
@@ -781,21 +1132,49 @@ fn refused_frames_after_welcome_get_an_error_and_are_counted() {
     let starts = frame_starts(&bytes);
     let mut twice = bytes[..starts[1]].to_vec();
     twice.extend_from_slice(&bytes[..starts[1]]);
-    expect_error(&mut rx, &mut a, twice, "sequence", ProtoError::BadSequence { expected: 3, got: 2 });
+    expect_error(
+        &mut rx,
+        &mut a,
+        twice,
+        "sequence",
+        ProtoError::BadSequence {
+            expected: 3,
+            got: 2,
+        },
+    );
     a.pending = None;
     a.enc.abort_epoch();
     // Malformed: a bad magic, an unknown kind.
-    let mut bytes = a.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+    let mut bytes = a
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 0 }))
+        .unwrap();
     bytes[0] = b'X';
     expect_error(&mut rx, &mut a, bytes, "magic", ProtoError::BadMagic);
-    let mut bytes = a.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: 0 })).unwrap();
+    let mut bytes = a
+        .session
+        .as_mut()
+        .unwrap()
+        .seal(&Message::Heartbeat(Heartbeat { time_ms: 0 }))
+        .unwrap();
     bytes[5] = 0xf7;
-    expect_error(&mut rx, &mut a, bytes, "kind", ProtoError::UnknownKind(0xf7));
+    expect_error(
+        &mut rx,
+        &mut a,
+        bytes,
+        "kind",
+        ProtoError::UnknownKind(0xf7),
+    );
 
     // Before a HELLO authenticated, nothing is sent, but the refusal is counted.
     let c = rx.accept(3);
     let mut out = Vec::new();
-    assert_eq!(rx.on_bytes(c, &[0x55; 64], 3, &mut out), Err(ConnError::Protocol(ProtoError::BadMagic)));
+    assert_eq!(
+        rx.on_bytes(c, &[0x55; 64], 3, &mut out),
+        Err(ConnError::Protocol(ProtoError::BadMagic))
+    );
     assert!(out.is_empty());
     assert_eq!(rx.counters().frames_refused, 5);
     // An oversized "HELLO" (a genuine header announcing a 1 MiB frame) is not buffered past
@@ -805,7 +1184,10 @@ fn refused_frames_after_welcome_get_an_error_and_are_counted() {
     h.resize(MAX_HELLO_FRAME + 1, 0);
     let c = rx.accept(3);
     let e = rx.on_bytes(c, &h, 3, &mut out).unwrap_err();
-    assert!(matches!(e, ConnError::Protocol(ProtoError::FieldTooLong { .. })), "{e:?}");
+    assert!(
+        matches!(e, ConnError::Protocol(ProtoError::FieldTooLong { .. })),
+        "{e:?}"
+    );
     assert!(out.is_empty());
     assert_eq!(rx.counters().frames_refused, 6);
     assert_eq!(rx.counters().requests_refused, 0);
@@ -813,10 +1195,24 @@ fn refused_frames_after_welcome_get_an_error_and_are_counted() {
     a.connect(&mut rx, 4).unwrap();
     let bytes = {
         let s = a.session.as_mut().unwrap();
-        s.seal(&Message::Epoch(EpochData { epoch: 9, chunk_index: 0, data: &[] })).unwrap()
+        s.seal(&Message::Epoch(EpochData {
+            epoch: 9,
+            chunk_index: 0,
+            data: &[],
+        }))
+        .unwrap()
     };
     let (e, back) = a.deliver(&mut rx, &bytes, 4).unwrap_err();
-    assert!(matches!(e, ConnError::Refused { code: ErrorCode::BAD_EPOCH, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ConnError::Refused {
+                code: ErrorCode::BAD_EPOCH,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_eq!(back.errors.len(), 1);
     assert_eq!(rx.counters().requests_refused, 1);
     assert_eq!(rx.vm_status(a.vm).unwrap().requests_refused, 1);
@@ -829,7 +1225,10 @@ fn refused_frames_after_welcome_get_an_error_and_are_counted() {
 
 #[test]
 fn connections_beyond_the_heap_set_aside_are_refused_with_no_memory() {
-    let cfg = ReceiverConfig { conn_memory_limit: 2 * CONN_MEMORY + CONN_MEMORY / 2, ..cfg() };
+    let cfg = ReceiverConfig {
+        conn_memory_limit: 2 * CONN_MEMORY + CONN_MEMORY / 2,
+        ..cfg()
+    };
     let mut rx = receiver(64 * MIB, &["a", "b", "c"], cfg);
     let mut a = Primary::new("a", 16, small_chunks(64));
     let mut b = Primary::new("b", 16, small_chunks(64));
@@ -844,7 +1243,10 @@ fn connections_beyond_the_heap_set_aside_are_refused_with_no_memory() {
     // A third VM does not fit beside the two live connections.
     let (code, reason) = c.connect(&mut rx, 1).unwrap_err();
     assert_eq!(code, ErrorCode::NO_MEMORY.0);
-    assert!(reason.contains("no memory for another connection") && reason.contains("'c'"), "{reason}");
+    assert!(
+        reason.contains("no memory for another connection") && reason.contains("'c'"),
+        "{reason}"
+    );
     assert_eq!(rx.counters().no_memory, 1);
     assert_eq!(rx.vm_status(c.vm).unwrap().state, VmState::Failed);
     // The others are untouched and keep working; a reconnect of the same VM is admitted.

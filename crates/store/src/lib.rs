@@ -65,7 +65,10 @@ impl HeapFrames {
     }
     /// An allocator that hands out at most `frames` frames (simulates a fixed frame pool).
     pub fn with_limit(frames: usize) -> Self {
-        HeapFrames { limit: Some(frames), ..Self::default() }
+        HeapFrames {
+            limit: Some(frames),
+            ..Self::default()
+        }
     }
     /// Frames currently handed out.
     pub fn in_use(&self) -> usize {
@@ -79,7 +82,9 @@ impl FrameAllocator for HeapFrames {
         if let Some(i) = self.free.pop() {
             return Some(i);
         }
-        if self.limit.is_some_and(|l| self.frames.len() >= l) || self.frames.len() >= u32::MAX as usize {
+        if self.limit.is_some_and(|l| self.frames.len() >= l)
+            || self.frames.len() >= u32::MAX as usize
+        {
             return None;
         }
         self.frames.push(Box::new([0u8; PAGE_SIZE]));
@@ -234,7 +239,8 @@ impl<A: FrameAllocator> fmt::Debug for Store<A> {
 }
 
 fn is_zero(p: &[u8; PAGE_SIZE]) -> bool {
-    p.chunks_exact(8).all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+    p.chunks_exact(8)
+        .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
 }
 
 impl<A: FrameAllocator> Core<A> {
@@ -244,7 +250,10 @@ impl<A: FrameAllocator> Core<A> {
 
     fn need(&self, bytes: usize) -> Result<(), StoreError> {
         if bytes > self.available() {
-            Err(StoreError::OutOfMemory { needed: bytes, available: self.available() })
+            Err(StoreError::OutOfMemory {
+                needed: bytes,
+                available: self.available(),
+            })
         } else {
             Ok(())
         }
@@ -277,11 +286,17 @@ impl<A: FrameAllocator> Core<A> {
         if self.scratch_obj == Some(r) {
             return Ok(());
         }
-        let Some(Object { content: Content::Packed(z), .. }) = self.objects.get(r as usize) else {
+        let Some(Object {
+            content: Content::Packed(z),
+            ..
+        }) = self.objects.get(r as usize)
+        else {
             return Err(StoreError::Corrupt);
         };
         let mut dec = ruzstd::decoding::FrameDecoder::new();
-        let n = dec.decode_all(z, &mut self.scratch[..]).map_err(|_| StoreError::Corrupt)?;
+        let n = dec
+            .decode_all(z, &mut self.scratch[..])
+            .map_err(|_| StoreError::Corrupt)?;
         if n != PAGE_SIZE {
             self.scratch_obj = None;
             return Err(StoreError::Corrupt);
@@ -340,14 +355,23 @@ impl<A: FrameAllocator> Core<A> {
         let growth = self.object_growth() + if index_it { self.index_growth() } else { 0 };
         self.need(PAGE_SIZE + growth)?;
         if self.objects.len() >= MAX_OBJECTS && self.free_objects.is_empty() {
-            return Err(StoreError::OutOfMemory { needed: PAGE_SIZE, available: 0 });
+            return Err(StoreError::OutOfMemory {
+                needed: PAGE_SIZE,
+                available: 0,
+            });
         }
         let frame = self.alloc.alloc().ok_or(StoreError::OutOfMemory {
             needed: PAGE_SIZE,
             available: self.available(),
         })?;
         self.alloc.data_mut(frame).copy_from_slice(data);
-        let obj = Object { refs: 1, hash: h, indexed: index_it, born: self.clock, content: Content::Frame(frame) };
+        let obj = Object {
+            refs: 1,
+            hash: h,
+            indexed: index_it,
+            born: self.clock,
+            content: Content::Frame(frame),
+        };
         let r = match self.free_objects.pop() {
             Some(r) => {
                 self.objects[r as usize] = obj;
@@ -357,7 +381,8 @@ impl<A: FrameAllocator> Core<A> {
                 if self.objects.len() == self.objects.capacity() {
                     let before = self.objects.capacity();
                     self.objects.reserve_exact(before.max(64));
-                    self.used += (self.objects.capacity() - before) * core::mem::size_of::<Object<A::Frame>>();
+                    self.used += (self.objects.capacity() - before)
+                        * core::mem::size_of::<Object<A::Frame>>();
                 }
                 self.objects.push(obj);
                 (self.objects.len() - 1) as u32
@@ -417,7 +442,10 @@ impl<A: FrameAllocator> Store<A> {
             scratch_obj: None,
         };
         core.used = PAGE_SIZE.min(budget);
-        Store { core, images: BTreeMap::new() }
+        Store {
+            core,
+            images: BTreeMap::new(),
+        }
     }
 
     /// The budget given at creation.
@@ -465,7 +493,10 @@ impl<A: FrameAllocator> Store<A> {
         let pages = usize::try_from(page_count)
             .ok()
             .filter(|&p| p <= u32::MAX as usize)
-            .ok_or(StoreError::OutOfMemory { needed: usize::MAX, available: self.core.available() })?;
+            .ok_or(StoreError::OutOfMemory {
+                needed: usize::MAX,
+                available: self.core.available(),
+            })?;
         let cost = pages
             .checked_mul(IMAGE_BYTES_PER_PAGE)
             .and_then(|c| c.checked_add(IMAGE_OVERHEAD))
@@ -515,14 +546,24 @@ impl<A: FrameAllocator> Store<A> {
     /// The staging area of image `id`, for the decoder. Pages written through it stay invisible
     /// until [`Store::commit`].
     pub fn staging(&mut self, id: ImageId) -> Result<Staging<'_, A>, StoreError> {
-        let image = self.images.get_mut(&id).ok_or(StoreError::NoSuchImage(id))?;
-        Ok(Staging { core: &mut self.core, image, id })
+        let image = self
+            .images
+            .get_mut(&id)
+            .ok_or(StoreError::NoSuchImage(id))?;
+        Ok(Staging {
+            core: &mut self.core,
+            image,
+            id,
+        })
     }
 
     /// Makes the staged epoch of image `id` visible as epoch `epoch`. Never fails for an
     /// existing image and needs no memory.
     pub fn commit(&mut self, id: ImageId, epoch: u64) -> Result<(), StoreError> {
-        let image = self.images.get_mut(&id).ok_or(StoreError::NoSuchImage(id))?;
+        let image = self
+            .images
+            .get_mut(&id)
+            .ok_or(StoreError::NoSuchImage(id))?;
         for &pfn in &image.staged_pfns {
             let p = pfn as usize;
             let new = core::mem::replace(&mut image.staged[p], NONE);
@@ -550,7 +591,10 @@ impl<A: FrameAllocator> Store<A> {
 
     /// Drops the staged epoch of image `id`; the committed image is unchanged.
     pub fn abort(&mut self, id: ImageId) -> Result<(), StoreError> {
-        let image = self.images.get_mut(&id).ok_or(StoreError::NoSuchImage(id))?;
+        let image = self
+            .images
+            .get_mut(&id)
+            .ok_or(StoreError::NoSuchImage(id))?;
         for &pfn in &image.staged_pfns {
             let r = core::mem::replace(&mut image.staged[pfn as usize], NONE);
             self.core.decref(r);
@@ -560,14 +604,25 @@ impl<A: FrameAllocator> Store<A> {
     }
 
     /// Reads page `pfn` of image `id`'s committed image.
-    pub fn read_page(&mut self, id: ImageId, pfn: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), StoreError> {
+    pub fn read_page(
+        &mut self,
+        id: ImageId,
+        pfn: u64,
+        out: &mut [u8; PAGE_SIZE],
+    ) -> Result<(), StoreError> {
         let image = self.images.get(&id).ok_or(StoreError::NoSuchImage(id))?;
-        let r = *image.committed.get(pfn as usize).ok_or(StoreError::PfnOutOfRange { image: id, pfn })?;
+        let r = *image
+            .committed
+            .get(pfn as usize)
+            .ok_or(StoreError::PfnOutOfRange { image: id, pfn })?;
         self.core.read(r, 0, &mut out[..])
     }
 
     /// Where each committed page of image `id` lives, in pfn order.
-    pub fn page_directory(&self, id: ImageId) -> Result<impl Iterator<Item = PageLocation> + '_, StoreError> {
+    pub fn page_directory(
+        &self,
+        id: ImageId,
+    ) -> Result<impl Iterator<Item = PageLocation> + '_, StoreError> {
         let image = self.image(id)?;
         let core = &self.core;
         Ok(image.committed.iter().map(move |&r| {
@@ -589,7 +644,9 @@ impl<A: FrameAllocator> Store<A> {
             .committed
             .iter()
             .copied()
-            .filter(|&r| r != ZERO && matches!(self.core.objects[r as usize].content, Content::Packed(_)))
+            .filter(|&r| {
+                r != ZERO && matches!(self.core.objects[r as usize].content, Content::Packed(_))
+            })
             .collect();
         packed.sort_unstable();
         packed.dedup();
@@ -610,7 +667,10 @@ impl<A: FrameAllocator> Store<A> {
             })?;
             let data = *self.core.scratch;
             self.core.alloc.data_mut(frame).copy_from_slice(&data);
-            let old = core::mem::replace(&mut self.core.objects[r as usize].content, Content::Frame(frame));
+            let old = core::mem::replace(
+                &mut self.core.objects[r as usize].content,
+                Content::Frame(frame),
+            );
             if let Content::Packed(z) = old {
                 self.core.used = self.core.used - z.len() + PAGE_SIZE;
             }
@@ -631,12 +691,17 @@ impl<A: FrameAllocator> Store<A> {
                 break;
             }
             let obj = &self.core.objects[r];
-            let Content::Frame(f) = obj.content else { continue };
+            let Content::Frame(f) = obj.content else {
+                continue;
+            };
             if clock.saturating_sub(obj.born) < min_age {
                 continue;
             }
             let data: &[u8] = &self.core.alloc.data(f)[..];
-            let z = ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest);
+            let z = ruzstd::encoding::compress_to_vec(
+                data,
+                ruzstd::encoding::CompressionLevel::Fastest,
+            );
             if z.len() > COMPRESS_MAX {
                 continue;
             }
@@ -669,7 +734,10 @@ impl<A: FrameAllocator> Staging<'_, A> {
         match self.image.staged.get(p) {
             Some(&NONE) => Ok(self.image.committed[p]),
             Some(&r) => Ok(r),
-            None => Err(StoreError::PfnOutOfRange { image: self.id, pfn }),
+            None => Err(StoreError::PfnOutOfRange {
+                image: self.id,
+                pfn,
+            }),
         }
     }
 
@@ -695,7 +763,10 @@ impl<A: FrameAllocator> PageTarget for Staging<'_, A> {
     fn read_bytes(&mut self, pfn: u64, offset: usize, out: &mut [u8]) -> Result<(), StoreError> {
         let r = self.current(pfn)?;
         if offset + out.len() > PAGE_SIZE {
-            return Err(StoreError::PfnOutOfRange { image: self.id, pfn });
+            return Err(StoreError::PfnOutOfRange {
+                image: self.id,
+                pfn,
+            });
         }
         self.core.read(r, offset, out)
     }
@@ -716,4 +787,3 @@ impl<A: FrameAllocator> PageTarget for Staging<'_, A> {
 
 /// Re-exported so that users name one page size.
 pub use resilire_codec::PAGE_SIZE as STORE_PAGE_SIZE;
-

@@ -22,7 +22,14 @@ struct Epoch {
 fn epoch() -> impl Strategy<Value = Epoch> {
     (
         0..3usize,
-        prop::collection::vec((0..PAGES, 0..6usize, prop::option::of((0..PAGE_SIZE, any::<u8>()))), 1..10),
+        prop::collection::vec(
+            (
+                0..PAGES,
+                0..6usize,
+                prop::option::of((0..PAGE_SIZE, any::<u8>())),
+            ),
+            1..10,
+        ),
         prop::option::of(0..1000u16),
     )
         .prop_map(|(vm, writes, cut)| Epoch { vm, writes, cut })
@@ -32,7 +39,9 @@ fn pool(i: usize) -> Vec<u8> {
     if i == 0 {
         return vec![0; PAGE_SIZE];
     }
-    (0..PAGE_SIZE).map(|j| ((j * (i + 3)) / 5 + i) as u8).collect()
+    (0..PAGE_SIZE)
+        .map(|j| ((j * (i + 3)) / 5 + i) as u8)
+        .collect()
 }
 
 proptest! {

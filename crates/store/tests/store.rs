@@ -32,7 +32,10 @@ fn epochs(pages: usize, n: usize) -> Vec<Vec<u8>> {
     let mut img = vec![0u8; pages * PAGE_SIZE];
     for p in 0..pages / 2 {
         let words = b"alpha beta gamma delta epsilon zeta eta theta ";
-        for (i, b) in img[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].iter_mut().enumerate() {
+        for (i, b) in img[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]
+            .iter_mut()
+            .enumerate()
+        {
             *b = words[(i * (p + 1)) % words.len()];
         }
     }
@@ -84,7 +87,10 @@ fn epochs_decode_into_store_and_commit() {
 fn cut_at_every_byte_then_abort_keeps_committed_image() {
     let pages = 12;
     let imgs = epochs(pages, 3);
-    let cfg = EncoderConfig { max_chunk_len: 0, ..EncoderConfig::default() }; // many chunks
+    let cfg = EncoderConfig {
+        max_chunk_len: 0,
+        ..EncoderConfig::default()
+    }; // many chunks
     let mut enc = Encoder::new(cfg, pages as u64).unwrap();
     let mut dec = Decoder::new(64).unwrap();
     let mut store = Store::new(HeapFrames::new(), 8 << 20);
@@ -108,7 +114,10 @@ fn cut_at_every_byte_then_abort_keeps_committed_image() {
             // The connection dies inside chunk `ci`: its prefix may even decode.
             let _ = dec.apply_chunk(&mut store.staging(9).unwrap(), &chunks[ci][..cut]);
             store.abort(9).unwrap();
-            assert!(image_bytes(&mut store, 9) == before, "epoch {e} cut at chunk {ci} byte {cut}");
+            assert!(
+                image_bytes(&mut store, 9) == before,
+                "epoch {e} cut at chunk {ci} byte {cut}"
+            );
             // Everything staged was released (tables may keep grown capacity, still charged).
             assert_eq!(store.stats(), stats_before);
             assert_eq!(store.allocator().in_use(), frames_before);
@@ -241,13 +250,20 @@ fn exhaustion_refuses_and_leaves_contents_intact() {
     assert!(image_bytes(&mut store, 1) == committed);
     // Shared pages still fit when new ones do not.
     let first: [u8; PAGE_SIZE] = committed[..PAGE_SIZE].try_into().unwrap();
-    store.staging(1).unwrap().write_page(pages - 1, &first).unwrap();
+    store
+        .staging(1)
+        .unwrap()
+        .write_page(pages - 1, &first)
+        .unwrap();
     store.commit(1, 100).unwrap();
     let mut page = [0u8; PAGE_SIZE];
     store.read_page(1, pages - 1, &mut page).unwrap();
     assert_eq!(page, first);
     // Too large an image is refused too.
-    assert!(matches!(store.add_image(2, 1 << 30), Err(StoreError::OutOfMemory { .. })));
+    assert!(matches!(
+        store.add_image(2, 1 << 30),
+        Err(StoreError::OutOfMemory { .. })
+    ));
 }
 
 #[test]
@@ -257,7 +273,10 @@ fn frame_pool_exhaustion_is_refused_too() {
     let mut s = store.staging(1).unwrap();
     s.write_page(0, &[1u8; PAGE_SIZE]).unwrap();
     s.write_page(1, &[2u8; PAGE_SIZE]).unwrap();
-    assert!(matches!(s.write_page(2, &[3u8; PAGE_SIZE]), Err(StoreError::OutOfMemory { .. })));
+    assert!(matches!(
+        s.write_page(2, &[3u8; PAGE_SIZE]),
+        Err(StoreError::OutOfMemory { .. })
+    ));
     s.write_page(2, &[1u8; PAGE_SIZE]).unwrap();
     store.commit(1, 1).unwrap();
     assert_eq!(store.allocator().in_use(), 2);
@@ -282,7 +301,10 @@ fn cold_pages_compress_and_read_back() {
     let n = store.compress_cold(2, usize::MAX);
     assert!(n > 0);
     assert!(store.memory_used() < used);
-    assert!(store.page_directory(5).unwrap().any(|l| l == PageLocation::Compressed));
+    assert!(store
+        .page_directory(5)
+        .unwrap()
+        .any(|l| l == PageLocation::Compressed));
     assert!(image_bytes(&mut store, 5) == *imgs.last().unwrap());
     // Decoding on top of compressed pages (references into them) still works.
     let next = {
@@ -297,7 +319,10 @@ fn cold_pages_compress_and_read_back() {
     store.commit(5, 9).unwrap();
     assert!(image_bytes(&mut store, 5) == next);
     store.materialize(5).unwrap();
-    assert!(store.page_directory(5).unwrap().all(|l| l != PageLocation::Compressed));
+    assert!(store
+        .page_directory(5)
+        .unwrap()
+        .all(|l| l != PageLocation::Compressed));
     assert!(image_bytes(&mut store, 5) == next);
 }
 
@@ -306,9 +331,20 @@ fn group_commit_is_all_or_nothing() {
     let mut store = Store::new(HeapFrames::new(), 1 << 20);
     store.add_image(1, 2).unwrap();
     store.add_image(2, 2).unwrap();
-    store.staging(1).unwrap().write_page(0, &[1u8; PAGE_SIZE]).unwrap();
-    store.staging(2).unwrap().write_page(1, &[2u8; PAGE_SIZE]).unwrap();
-    assert_eq!(store.commit_group(&[(1, 5), (3, 5)]), Err(StoreError::NoSuchImage(3)));
+    store
+        .staging(1)
+        .unwrap()
+        .write_page(0, &[1u8; PAGE_SIZE])
+        .unwrap();
+    store
+        .staging(2)
+        .unwrap()
+        .write_page(1, &[2u8; PAGE_SIZE])
+        .unwrap();
+    assert_eq!(
+        store.commit_group(&[(1, 5), (3, 5)]),
+        Err(StoreError::NoSuchImage(3))
+    );
     let mut page = [0u8; PAGE_SIZE];
     store.read_page(1, 0, &mut page).unwrap();
     assert_eq!(page, [0u8; PAGE_SIZE]);

@@ -72,11 +72,27 @@ pub const XEN_DOMCTL_SHADOW_OP_PEEK: c_uint = 12;
 
 #[link(name = "xenctrl")]
 extern "C" {
-    pub fn xc_interface_open(logger: *mut c_void, dombuild_logger: *mut c_void, open_flags: c_uint) -> *mut xc_interface;
+    pub fn xc_interface_open(
+        logger: *mut c_void,
+        dombuild_logger: *mut c_void,
+        open_flags: c_uint,
+    ) -> *mut xc_interface;
     pub fn xc_interface_close(xch: *mut xc_interface) -> c_int;
-    pub fn xc_domain_getinfolist(xch: *mut xc_interface, first: u32, max: c_uint, info: *mut xc_domaininfo_t) -> c_int;
-    pub fn xc_domain_maximum_gpfn(xch: *mut xc_interface, domid: u32, gpfns: *mut c_ulong) -> c_int;
-    pub fn xc_shadow_control(xch: *mut xc_interface, domid: u32, sop: c_uint, mb: *mut c_uint, mode: c_uint) -> c_int;
+    pub fn xc_domain_getinfolist(
+        xch: *mut xc_interface,
+        first: u32,
+        max: c_uint,
+        info: *mut xc_domaininfo_t,
+    ) -> c_int;
+    pub fn xc_domain_maximum_gpfn(xch: *mut xc_interface, domid: u32, gpfns: *mut c_ulong)
+        -> c_int;
+    pub fn xc_shadow_control(
+        xch: *mut xc_interface,
+        domid: u32,
+        sop: c_uint,
+        mb: *mut c_uint,
+        mode: c_uint,
+    ) -> c_int;
     pub fn xc_logdirty_control(
         xch: *mut xc_interface,
         domid: u32,
@@ -86,8 +102,16 @@ extern "C" {
         mode: c_uint,
         stats: *mut xc_shadow_op_stats_t,
     ) -> i64;
-    pub fn xc__hypercall_buffer_alloc_pages(xch: *mut xc_interface, b: *mut xc_hypercall_buffer, nr_pages: c_int) -> *mut c_void;
-    pub fn xc__hypercall_buffer_free_pages(xch: *mut xc_interface, b: *mut xc_hypercall_buffer, nr_pages: c_int);
+    pub fn xc__hypercall_buffer_alloc_pages(
+        xch: *mut xc_interface,
+        b: *mut xc_hypercall_buffer,
+        nr_pages: c_int,
+    ) -> *mut c_void;
+    pub fn xc__hypercall_buffer_free_pages(
+        xch: *mut xc_interface,
+        b: *mut xc_hypercall_buffer,
+        nr_pages: c_int,
+    );
 }
 
 /// Opaque `xenforeignmemory_handle`.
@@ -100,8 +124,18 @@ pub const SHUTDOWN_SUSPEND: u32 = 2;
 
 #[link(name = "xenctrl")]
 extern "C" {
-    pub fn xc_domain_hvm_getcontext(xch: *mut xc_interface, domid: u32, buf: *mut u8, size: u32) -> c_int;
-    pub fn xc_hvm_param_get(xch: *mut xc_interface, domid: u32, param: u32, value: *mut u64) -> c_int;
+    pub fn xc_domain_hvm_getcontext(
+        xch: *mut xc_interface,
+        domid: u32,
+        buf: *mut u8,
+        size: u32,
+    ) -> c_int;
+    pub fn xc_hvm_param_get(
+        xch: *mut xc_interface,
+        domid: u32,
+        param: u32,
+        value: *mut u64,
+    ) -> c_int;
     /// With `cmd` XENVER_version (0) and a null `arg`: major << 16 | minor.
     pub fn xc_version(xch: *mut xc_interface, cmd: c_int, arg: *mut c_void) -> c_int;
     pub fn xc_domain_get_tsc_info(
@@ -129,8 +163,16 @@ pub const MSR_ENTRY_BYTES: usize = 16;
 extern "C" {
     pub fn xc_cpu_policy_init() -> *mut xc_cpu_policy_t;
     pub fn xc_cpu_policy_destroy(policy: *mut xc_cpu_policy_t);
-    pub fn xc_cpu_policy_get_size(xch: *mut xc_interface, nr_leaves: *mut u32, nr_msrs: *mut u32) -> c_int;
-    pub fn xc_cpu_policy_get_domain(xch: *mut xc_interface, domid: u32, policy: *mut xc_cpu_policy_t) -> c_int;
+    pub fn xc_cpu_policy_get_size(
+        xch: *mut xc_interface,
+        nr_leaves: *mut u32,
+        nr_msrs: *mut u32,
+    ) -> c_int;
+    pub fn xc_cpu_policy_get_domain(
+        xch: *mut xc_interface,
+        domid: u32,
+        policy: *mut xc_cpu_policy_t,
+    ) -> c_int;
     /// `leaves`/`msrs` point at arrays of `xen_cpuid_leaf_t`/`xen_msr_entry_t`,
     /// passed as bytes (see the sizes above).
     pub fn xc_cpu_policy_serialise(
@@ -150,7 +192,10 @@ extern "C" {
 
 #[link(name = "xenforeignmemory")]
 extern "C" {
-    pub fn xenforeignmemory_open(logger: *mut c_void, flags: c_uint) -> *mut xenforeignmemory_handle;
+    pub fn xenforeignmemory_open(
+        logger: *mut c_void,
+        flags: c_uint,
+    ) -> *mut xenforeignmemory_handle;
     pub fn xenforeignmemory_close(h: *mut xenforeignmemory_handle) -> c_int;
     pub fn xenforeignmemory_map(
         h: *mut xenforeignmemory_handle,
@@ -160,5 +205,9 @@ extern "C" {
         arr: *const c_ulong,
         err: *mut c_int,
     ) -> *mut c_void;
-    pub fn xenforeignmemory_unmap(h: *mut xenforeignmemory_handle, addr: *mut c_void, pages: usize) -> c_int;
+    pub fn xenforeignmemory_unmap(
+        h: *mut xenforeignmemory_handle,
+        addr: *mut c_void,
+        pages: usize,
+    ) -> c_int;
 }

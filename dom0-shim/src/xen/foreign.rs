@@ -28,7 +28,10 @@ impl ForeignMemory {
         // SAFETY: null logger selects the default; flags 0.
         let h = unsafe { ffi::xenforeignmemory_open(std::ptr::null_mut(), 0) };
         if h.is_null() {
-            bail!("cannot open xenforeignmemory: {}", io::Error::last_os_error());
+            bail!(
+                "cannot open xenforeignmemory: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(ForeignMemory { h })
     }
@@ -41,12 +44,28 @@ impl ForeignMemory {
         let mut errors = vec![0i32; pfns.len()];
         // SAFETY: arr and errors hold pfns.len() entries each.
         let addr = unsafe {
-            ffi::xenforeignmemory_map(self.h, domid, 1 /* PROT_READ */, arr.len(), arr.as_ptr(), errors.as_mut_ptr())
+            ffi::xenforeignmemory_map(
+                self.h,
+                domid,
+                1, /* PROT_READ */
+                arr.len(),
+                arr.as_ptr(),
+                errors.as_mut_ptr(),
+            )
         };
         if addr.is_null() {
-            bail!("mapping {} frames of domain {domid}: {}", pfns.len(), io::Error::last_os_error());
+            bail!(
+                "mapping {} frames of domain {domid}: {}",
+                pfns.len(),
+                io::Error::last_os_error()
+            );
         }
-        Ok(Mapping { fm: self, addr: addr as *mut u8, pages: pfns.len(), errors })
+        Ok(Mapping {
+            fm: self,
+            addr: addr as *mut u8,
+            pages: pfns.len(),
+            errors,
+        })
     }
 }
 

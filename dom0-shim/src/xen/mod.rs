@@ -45,7 +45,10 @@ impl XenCtrl {
         // SAFETY: null loggers select libxenctrl's defaults; flags 0.
         let xch = unsafe { ffi::xc_interface_open(std::ptr::null_mut(), std::ptr::null_mut(), 0) };
         if xch.is_null() {
-            bail!("cannot open libxenctrl: {} (running in dom0 with xen-privcmd loaded?)", io::Error::last_os_error());
+            bail!(
+                "cannot open libxenctrl: {} (running in dom0 with xen-privcmd loaded?)",
+                io::Error::last_os_error()
+            );
         }
         Ok(XenCtrl { xch })
     }
@@ -58,7 +61,9 @@ impl XenCtrl {
             // SAFETY: xc_domaininfo_t is plain data; an all-zero value is valid.
             let mut buf = vec![unsafe { std::mem::zeroed::<ffi::xc_domaininfo_t>() }; 64];
             // SAFETY: buf holds 64 writable entries, as we tell the library.
-            let n = unsafe { ffi::xc_domain_getinfolist(self.xch, next, buf.len() as u32, buf.as_mut_ptr()) };
+            let n = unsafe {
+                ffi::xc_domain_getinfolist(self.xch, next, buf.len() as u32, buf.as_mut_ptr())
+            };
             if n < 0 {
                 bail!("xc_domain_getinfolist: {}", io::Error::last_os_error());
             }
@@ -86,7 +91,10 @@ impl XenCtrl {
         // SAFETY: `max` is a valid out-pointer.
         let rc = unsafe { ffi::xc_domain_maximum_gpfn(self.xch, domid, &mut max) };
         if rc < 0 {
-            bail!("xc_domain_maximum_gpfn({domid}): {}", io::Error::last_os_error());
+            bail!(
+                "xc_domain_maximum_gpfn({domid}): {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(max as u64 + 1)
     }
@@ -101,13 +109,27 @@ impl XenCtrl {
         let pages = self.nr_gpfns(domid)?;
         // SAFETY: plain call; a null `mb` is accepted for this op.
         let rc = unsafe {
-            ffi::xc_shadow_control(self.xch, domid, ffi::XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, std::ptr::null_mut(), 0)
+            ffi::xc_shadow_control(
+                self.xch,
+                domid,
+                ffi::XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY,
+                std::ptr::null_mut(),
+                0,
+            )
         };
         if rc < 0 {
-            bail!("enabling log-dirty on domain {domid}: {}", io::Error::last_os_error());
+            bail!(
+                "enabling log-dirty on domain {domid}: {}",
+                io::Error::last_os_error()
+            );
         }
         let bitmap = HypercallPages::alloc(self, pages.div_ceil(8).div_ceil(4096) as usize)?;
-        Ok(LogDirty { xc: self, domid, pages, bitmap })
+        Ok(LogDirty {
+            xc: self,
+            domid,
+            pages,
+            bitmap,
+        })
     }
 }
 
@@ -132,15 +154,24 @@ impl XenCtrl {
     /// HVM/PVH domain, as a restore applies it.
     pub fn hvm_context(&self, domid: u32) -> Result<Vec<u8>> {
         // SAFETY: a null buffer asks for the size.
-        let size = unsafe { ffi::xc_domain_hvm_getcontext(self.xch, domid, std::ptr::null_mut(), 0) };
+        let size =
+            unsafe { ffi::xc_domain_hvm_getcontext(self.xch, domid, std::ptr::null_mut(), 0) };
         if size <= 0 {
-            bail!("sizing the HVM context of domain {domid}: {}", io::Error::last_os_error());
+            bail!(
+                "sizing the HVM context of domain {domid}: {}",
+                io::Error::last_os_error()
+            );
         }
         let mut buf = vec![0u8; size as usize];
         // SAFETY: buf has `size` writable bytes.
-        let n = unsafe { ffi::xc_domain_hvm_getcontext(self.xch, domid, buf.as_mut_ptr(), size as u32) };
+        let n = unsafe {
+            ffi::xc_domain_hvm_getcontext(self.xch, domid, buf.as_mut_ptr(), size as u32)
+        };
         if n < 0 {
-            bail!("reading the HVM context of domain {domid}: {}", io::Error::last_os_error());
+            bail!(
+                "reading the HVM context of domain {domid}: {}",
+                io::Error::last_os_error()
+            );
         }
         buf.truncate(n as usize);
         Ok(buf)
@@ -151,7 +182,10 @@ impl XenCtrl {
         let mut v = 0u64;
         // SAFETY: v is a valid out-pointer.
         if unsafe { ffi::xc_hvm_param_get(self.xch, domid, param, &mut v) } < 0 {
-            bail!("reading HVM param {param} of domain {domid}: {}", io::Error::last_os_error());
+            bail!(
+                "reading HVM param {param} of domain {domid}: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(v)
     }
@@ -172,10 +206,20 @@ impl XenCtrl {
         let mut t = TscInfo::default();
         // SAFETY: four valid out-pointers.
         let rc = unsafe {
-            ffi::xc_domain_get_tsc_info(self.xch, domid, &mut t.mode, &mut t.nsec, &mut t.khz, &mut t.incarnation)
+            ffi::xc_domain_get_tsc_info(
+                self.xch,
+                domid,
+                &mut t.mode,
+                &mut t.nsec,
+                &mut t.khz,
+                &mut t.incarnation,
+            )
         };
         if rc < 0 {
-            bail!("reading the TSC info of domain {domid}: {}", io::Error::last_os_error());
+            bail!(
+                "reading the TSC info of domain {domid}: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(t)
     }
@@ -218,7 +262,10 @@ impl XenCtrl {
         }
         leaves.truncate(nr_leaves as usize * ffi::CPUID_LEAF_BYTES);
         msrs.truncate(nr_msrs as usize * ffi::MSR_ENTRY_BYTES);
-        Ok(CpuPolicy { cpuid: leaves, msrs })
+        Ok(CpuPolicy {
+            cpuid: leaves,
+            msrs,
+        })
     }
 }
 
@@ -314,7 +361,10 @@ impl<'a> HypercallPages<'a> {
         // SAFETY: buf is a valid descriptor that outlives the allocation.
         let p = unsafe { ffi::xc__hypercall_buffer_alloc_pages(xc.xch, &mut *buf, nr as i32) };
         if p.is_null() {
-            bail!("allocating {nr} hypercall pages: {}", io::Error::last_os_error());
+            bail!(
+                "allocating {nr} hypercall pages: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(HypercallPages { xc, buf, nr })
     }
@@ -328,7 +378,9 @@ impl<'a> HypercallPages<'a> {
 impl Drop for HypercallPages<'_> {
     fn drop(&mut self) {
         // SAFETY: allocated by xc__hypercall_buffer_alloc_pages with the same count.
-        unsafe { ffi::xc__hypercall_buffer_free_pages(self.xc.xch, &mut *self.buf, self.nr as i32) };
+        unsafe {
+            ffi::xc__hypercall_buffer_free_pages(self.xc.xch, &mut *self.buf, self.nr as i32)
+        };
     }
 }
 
@@ -361,20 +413,43 @@ impl LogDirty<'_> {
         let mut stats = ffi::xc_shadow_op_stats_t::default();
         // SAFETY: the bitmap buffer holds at least `pages` bits.
         let rc = unsafe {
-            ffi::xc_logdirty_control(self.xc.xch, self.domid, sop, &mut *self.bitmap.buf, self.pages as _, 0, &mut stats)
+            ffi::xc_logdirty_control(
+                self.xc.xch,
+                self.domid,
+                sop,
+                &mut *self.bitmap.buf,
+                self.pages as _,
+                0,
+                &mut stats,
+            )
         };
         if rc < 0 {
-            bail!("log-dirty op {sop} on domain {}: {}", self.domid, io::Error::last_os_error());
+            bail!(
+                "log-dirty op {sop} on domain {}: {}",
+                self.domid,
+                io::Error::last_os_error()
+            );
         }
         let len = self.pages.div_ceil(8) as usize;
-        Ok(DirtyBitmap { bits: self.bitmap.bytes()[..len].to_vec(), pages: self.pages })
+        Ok(DirtyBitmap {
+            bits: self.bitmap.bytes()[..len].to_vec(),
+            pages: self.pages,
+        })
     }
 }
 
 impl Drop for LogDirty<'_> {
     fn drop(&mut self) {
         // SAFETY: plain call turning log-dirty off again.
-        unsafe { ffi::xc_shadow_control(self.xc.xch, self.domid, ffi::XEN_DOMCTL_SHADOW_OP_OFF, std::ptr::null_mut(), 0) };
+        unsafe {
+            ffi::xc_shadow_control(
+                self.xc.xch,
+                self.domid,
+                ffi::XEN_DOMCTL_SHADOW_OP_OFF,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
     }
 }
 
@@ -397,10 +472,15 @@ impl DirtyBitmap {
 
     /// The dirty frame numbers, ascending.
     pub fn pfns(&self) -> impl Iterator<Item = u64> + '_ {
-        self.bits.iter().enumerate().flat_map(|(i, &b)| {
-            (0..8).filter(move |bit| b & (1 << bit) != 0).map(move |bit| i as u64 * 8 + bit)
-        })
-        .filter(|&p| p < self.pages)
+        self.bits
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &b)| {
+                (0..8)
+                    .filter(move |bit| b & (1 << bit) != 0)
+                    .map(move |bit| i as u64 * 8 + bit)
+            })
+            .filter(|&p| p < self.pages)
     }
 }
 

@@ -32,21 +32,38 @@ struct Config {
 }
 
 fn parse_args() -> Result<Config, String> {
-    let mut cfg = Config { mem_mib: 64, port: 7000, record_size: 1000 };
+    let mut cfg = Config {
+        mem_mib: 64,
+        port: 7000,
+        record_size: 1000,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
-            "--mem-mib" => cfg.mem_mib = value("--mem-mib")?.parse().map_err(|e| format!("--mem-mib: {e}"))?,
-            "--port" => cfg.port = value("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--mem-mib" => {
+                cfg.mem_mib = value("--mem-mib")?
+                    .parse()
+                    .map_err(|e| format!("--mem-mib: {e}"))?
+            }
+            "--port" => {
+                cfg.port = value("--port")?
+                    .parse()
+                    .map_err(|e| format!("--port: {e}"))?
+            }
             "--record-size" => {
-                cfg.record_size = value("--record-size")?.parse().map_err(|e| format!("--record-size: {e}"))?
+                cfg.record_size = value("--record-size")?
+                    .parse()
+                    .map_err(|e| format!("--record-size: {e}"))?
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     if cfg.record_size < records::MIN_RECORD || cfg.record_size % 8 != 0 {
-        return Err(format!("--record-size must be a multiple of 8, at least {}", records::MIN_RECORD));
+        return Err(format!(
+            "--record-size must be a multiple of 8, at least {}",
+            records::MIN_RECORD
+        ));
     }
     Ok(cfg)
 }
@@ -54,7 +71,10 @@ fn parse_args() -> Result<Config, String> {
 /// Now on CLOCK_BOOTTIME: unlike the monotonic clock it keeps counting while
 /// the guest is suspended, so a checkpoint's pause shows up as a gap.
 fn boot_clock() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer; CLOCK_BOOTTIME exists on Linux >= 2.6.39.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -75,7 +95,10 @@ impl TscClock {
         std::thread::sleep(Duration::from_millis(200));
         let (m1, c1) = (boot_clock(), tsc());
         let ns = (m1 - m0).as_nanos() as f64;
-        TscClock { t0: c0, ns_per_tick: ns / (c1.wrapping_sub(c0)).max(1) as f64 }
+        TscClock {
+            t0: c0,
+            ns_per_tick: ns / (c1.wrapping_sub(c0)).max(1) as f64,
+        }
     }
 
     fn now(&self) -> Duration {
@@ -122,10 +145,16 @@ fn main() {
     };
     let records = Records::new(cfg.mem_mib << 20, cfg.record_size);
     match records.verify() {
-        Ok(n) => println!("workload: self-check ok, {n} records of {} bytes in {} MiB", cfg.record_size, cfg.mem_mib),
+        Ok(n) => println!(
+            "workload: self-check ok, {n} records of {} bytes in {} MiB",
+            cfg.record_size, cfg.mem_mib
+        ),
         Err(d) => println!("workload: VERIFY FAILED at start: {d}"),
     }
-    let state = Arc::new(Mutex::new(State { records, gaps: Gaps::default() }));
+    let state = Arc::new(Mutex::new(State {
+        records,
+        gaps: Gaps::default(),
+    }));
     let listener = match TcpListener::bind(("0.0.0.0", cfg.port)) {
         Ok(l) => l,
         Err(e) => {
@@ -171,7 +200,10 @@ fn mutate_forever(state: &Mutex<State>) -> ! {
         if last_report.elapsed() >= Duration::from_secs(1) {
             let c = s.records.counter;
             let rate = (c - at_report) as f64 / last_report.elapsed().as_secs_f64();
-            println!("workload: counter={c} updates/s={rate:.0} maxgap_ms={}", s.gaps.max.as_millis());
+            println!(
+                "workload: counter={c} updates/s={rate:.0} maxgap_ms={}",
+                s.gaps.max.as_millis()
+            );
             at_report = c;
             last_report = Instant::now();
         }
@@ -204,7 +236,11 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 let s = lock(state);
                 let t0 = Instant::now();
                 let reply = match s.records.verify() {
-                    Ok(n) => format!("verify ok counter={} records={n} in {}ms", s.records.counter, t0.elapsed().as_millis()),
+                    Ok(n) => format!(
+                        "verify ok counter={} records={n} in {}ms",
+                        s.records.counter,
+                        t0.elapsed().as_millis()
+                    ),
                     Err(d) => format!("verify FAIL {d}"),
                 };
                 drop(s);
@@ -217,12 +253,21 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             }
             "gaps" => {
                 let g = &lock(state).gaps;
-                let reply = format!("gaps max_ms={} over50={} over500={}", g.max.as_millis(), g.over_50ms, g.over_500ms);
+                let reply = format!(
+                    "gaps max_ms={} over50={} over500={}",
+                    g.max.as_millis(),
+                    g.over_50ms,
+                    g.over_500ms
+                );
                 writeln!(out, "{reply}")?
             }
             "pauses" => {
-                let list: Vec<String> =
-                    lock(state).gaps.list.iter().map(|g| format!("{:.1}", g.as_secs_f64() * 1e3)).collect();
+                let list: Vec<String> = lock(state)
+                    .gaps
+                    .list
+                    .iter()
+                    .map(|g| format!("{:.1}", g.as_secs_f64() * 1e3))
+                    .collect();
                 writeln!(out, "pauses n={} ms={}", list.len(), list.join(","))?
             }
             "pauses-reset" => {

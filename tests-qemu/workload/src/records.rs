@@ -43,8 +43,12 @@ impl core::fmt::Display for Damage {
         match self {
             Damage::Checksum { index } => write!(f, "record {index}: bad checksum"),
             Damage::Misplaced { index, found } => write!(f, "record {index}: holds index {found}"),
-            Damage::FromTheFuture { index, seq } => write!(f, "record {index}: seq {seq} beyond counter"),
-            Damage::Digest { expected, found } => write!(f, "digest {found:#x}, expected {expected:#x}"),
+            Damage::FromTheFuture { index, seq } => {
+                write!(f, "record {index}: seq {seq} beyond counter")
+            }
+            Damage::Digest { expected, found } => {
+                write!(f, "digest {found:#x}, expected {expected:#x}")
+            }
         }
     }
 }
@@ -68,9 +72,18 @@ fn checksum(words: &[u8]) -> u64 {
 impl Records {
     /// Fills `bytes` of memory with records of `record_size` bytes, all at seq 0.
     pub fn new(bytes: usize, record_size: usize) -> Records {
-        assert!(record_size >= MIN_RECORD && record_size % 8 == 0, "record size must be a multiple of 8, >= {MIN_RECORD}");
+        assert!(
+            record_size >= MIN_RECORD && record_size % 8 == 0,
+            "record size must be a multiple of 8, >= {MIN_RECORD}"
+        );
         let count = bytes / record_size;
-        let mut r = Records { mem: vec![0; count * record_size], record_size, count, counter: 0, digest: 0 };
+        let mut r = Records {
+            mem: vec![0; count * record_size],
+            record_size,
+            count,
+            counter: 0,
+            digest: 0,
+        };
         for i in 0..count {
             r.write(i, 0);
         }
@@ -93,7 +106,11 @@ impl Records {
         let payload = &mut rec[16..rs - 8];
         let fresh = (payload.len() / 4).max(8) / 8;
         for (w, chunk) in payload.chunks_mut(8).enumerate() {
-            let v = if w < fresh { mix(seq ^ ((w as u64) << 48) ^ index as u64) } else { mix(index as u64 * 31 + w as u64) };
+            let v = if w < fresh {
+                mix(seq ^ ((w as u64) << 48) ^ index as u64)
+            } else {
+                mix(index as u64 * 31 + w as u64)
+            };
             chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
         }
         let sum = checksum(&rec[..rs - 8]);
@@ -136,7 +153,10 @@ impl Records {
             sum = sum.wrapping_add(seq);
         }
         if sum != self.digest {
-            return Err(Damage::Digest { expected: self.digest, found: sum });
+            return Err(Damage::Digest {
+                expected: self.digest,
+                found: sum,
+            });
         }
         Ok(self.count)
     }

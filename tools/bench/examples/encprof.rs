@@ -8,8 +8,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::Path::new(&args[1]);
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
-    let max: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-    let inner: usize = std::env::var("ENCPROF_INNER").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let max: usize = args
+        .get(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
+    let inner: usize = std::env::var("ENCPROF_INNER")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let files = resilire_bench::image_files(dir).unwrap();
     let files = &files[..files.len().min(max)];
     let mut imgs: Vec<Vec<u8>> = Vec::new();
@@ -21,7 +27,10 @@ fn main() {
     let dirty: Vec<Vec<u64>> = (1..imgs.len())
         .map(|e| {
             (0..pages)
-                .filter(|&p| imgs[e - 1][p * PAGE_SIZE..][..PAGE_SIZE] != imgs[e][p * PAGE_SIZE..][..PAGE_SIZE])
+                .filter(|&p| {
+                    imgs[e - 1][p * PAGE_SIZE..][..PAGE_SIZE]
+                        != imgs[e][p * PAGE_SIZE..][..PAGE_SIZE]
+                })
                 .map(|p| p as u64)
                 .collect()
         })
@@ -29,13 +38,20 @@ fn main() {
     let dirty_bytes: usize = dirty.iter().map(|d| d.len() * PAGE_SIZE).sum();
     let mut buf = vec![1u8; dirty.iter().map(|d| d.len()).max().unwrap_or(0) * PAGE_SIZE];
     let mut arena: Vec<u8> = vec![1u8; imgs[0].len()];
-    let (mut enc_best, mut cpy_best, mut cpu_best, mut out) = (f64::MAX, f64::MAX, f64::MAX, 0usize);
+    let (mut enc_best, mut cpy_best, mut cpu_best, mut out) =
+        (f64::MAX, f64::MAX, f64::MAX, 0usize);
     for _ in 0..reps {
         let mut cfg = EncoderConfig::default();
-        if let Some(l) = std::env::var("ENCPROF_LEVEL").ok().and_then(|s| s.parse().ok()) {
+        if let Some(l) = std::env::var("ENCPROF_LEVEL")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
             cfg.zstd_level = l;
         }
-        if let Some(l) = std::env::var("ENCPROF_BATCH").ok().and_then(|s| s.parse().ok()) {
+        if let Some(l) = std::env::var("ENCPROF_BATCH")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
             cfg.batch_len = l;
         }
         let mut enc = Encoder::new(cfg, pages as u64).unwrap();
@@ -47,13 +63,16 @@ fn main() {
             let img = &imgs[e + 1];
             let t = Instant::now();
             for (i, &p) in d.iter().enumerate() {
-                buf[i * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(&img[p as usize * PAGE_SIZE..][..PAGE_SIZE]);
+                buf[i * PAGE_SIZE..][..PAGE_SIZE]
+                    .copy_from_slice(&img[p as usize * PAGE_SIZE..][..PAGE_SIZE]);
             }
             std::hint::black_box(&buf);
             tc += t.elapsed().as_secs_f64();
             for _ in 0..inner {
                 // Profiling only: the same epoch again, rolled back (ENCPROF_INNER).
-                enc.encode_epoch(img, d.iter().copied(), &mut |c| { std::hint::black_box(c.len()); });
+                enc.encode_epoch(img, d.iter().copied(), &mut |c| {
+                    std::hint::black_box(c.len());
+                });
                 enc.abort_epoch();
             }
             arena.clear();

@@ -126,10 +126,14 @@ impl Figures {
 
     /// The best baseline (name, bytes).
     pub fn best_baseline(&self) -> (&'static str, u64) {
-        [("zstd", self.zstd), ("xbzrle", self.xbzrle), ("xbzrle+zstd", self.xbzrle_zstd)]
-            .into_iter()
-            .min_by_key(|x| x.1)
-            .unwrap_or(("zstd", self.zstd))
+        [
+            ("zstd", self.zstd),
+            ("xbzrle", self.xbzrle),
+            ("xbzrle+zstd", self.xbzrle_zstd),
+        ]
+        .into_iter()
+        .min_by_key(|x| x.1)
+        .unwrap_or(("zstd", self.zstd))
     }
 
     fn gbps(&self, secs: f64) -> f64 {
@@ -270,7 +274,10 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         .filter(|p| p.is_file())
         .filter(|p| {
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !n.starts_with('.') && !n.ends_with(".md") && !n.ends_with(".txt") && !n.ends_with(".json")
+            !n.starts_with('.')
+                && !n.ends_with(".md")
+                && !n.ends_with(".txt")
+                && !n.ends_with(".json")
         })
         .collect();
     files.sort();
@@ -291,9 +298,13 @@ pub fn read_image_after(path: &Path, prev: Option<&[u8]>) -> Result<Vec<u8>, Str
         raw
     };
     if name.ends_with(".xor.zst") {
-        let prev = prev.ok_or_else(|| format!("{}: an XOR image needs a previous image", path.display()))?;
+        let prev =
+            prev.ok_or_else(|| format!("{}: an XOR image needs a previous image", path.display()))?;
         if prev.len() != img.len() {
-            return Err(format!("{}: size differs from the previous image", path.display()));
+            return Err(format!(
+                "{}: size differs from the previous image",
+                path.display()
+            ));
         }
         for (a, b) in img.iter_mut().zip(prev) {
             *a ^= b;
@@ -314,7 +325,10 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
     let first = read_image(&files[0])?;
     let size = first.len();
     if size == 0 || size % PAGE_SIZE != 0 {
-        return Err(format!("{}: size {size} is not a multiple of 4096", files[0].display()));
+        return Err(format!(
+            "{}: size {size} is not a multiple of 4096",
+            files[0].display()
+        ));
     }
     let pages = size / PAGE_SIZE;
     let cfg = EncoderConfig {
@@ -329,7 +343,9 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
     let mut dec = Decoder::new(opts.block_size).map_err(|e| e.to_string())?;
     let mut store = Store::new(HeapFrames::new(), 2 * size + (64 << 20));
     const VM: u64 = 1;
-    store.add_image(VM, pages as u64).map_err(|e| e.to_string())?;
+    store
+        .add_image(VM, pages as u64)
+        .map_err(|e| e.to_string())?;
     let mut cctx = zstd::bulk::Compressor::new(opts.zstd_level).map_err(|e| e.to_string())?;
     let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
 
@@ -349,23 +365,38 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
     let mut xb = prefault(size + size / 8);
     let mut xz = prefault(zstd::zstd_safe::compress_bound(size + size / 8));
     let mut back = prefault(size + size / 8);
-    let mut report = Report { image_bytes: size, ..Report::default() };
+    let mut report = Report {
+        image_bytes: size,
+        ..Report::default()
+    };
     let mut cur = first;
     for (e, file) in files.iter().enumerate() {
         if e > 0 {
             cur = read_image_after(file, Some(&prev))?;
         }
         if cur.len() != size {
-            return Err(format!("{}: size {} differs from {size}", file.display(), cur.len()));
+            return Err(format!(
+                "{}: size {} differs from {size}",
+                file.display(),
+                cur.len()
+            ));
         }
         let dirty: Vec<usize> = if e == 0 {
             (0..pages).collect()
         } else {
             (0..pages)
-                .filter(|&p| cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE] != prev[p * PAGE_SIZE..(p + 1) * PAGE_SIZE])
+                .filter(|&p| {
+                    cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]
+                        != prev[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]
+                })
                 .collect()
         };
-        let mut f = Figures { epochs: 1, dirty_pages: dirty.len() as u64, remus: (dirty.len() * PAGE_SIZE) as u64, ..Figures::default() };
+        let mut f = Figures {
+            epochs: 1,
+            dirty_pages: dirty.len() as u64,
+            remus: (dirty.len() * PAGE_SIZE) as u64,
+            ..Figures::default()
+        };
 
         // memcpy of the dirty pages.
         buf.clear();
@@ -385,12 +416,14 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         for &p in &dirty {
             gathered.extend_from_slice(&cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
         }
-        cctx.compress_to_buffer(&gathered[..], &mut z).map_err(|e| e.to_string())?;
+        cctx.compress_to_buffer(&gathered[..], &mut z)
+            .map_err(|e| e.to_string())?;
         f.enc_s[1] = t.elapsed().as_secs_f64();
         f.zstd = z.len() as u64;
         back.clear();
         let t = Instant::now();
-        dctx.decompress_to_buffer(&z[..], &mut back).map_err(|e| e.to_string())?;
+        dctx.decompress_to_buffer(&z[..], &mut back)
+            .map_err(|e| e.to_string())?;
         f.dec_s[1] = t.elapsed().as_secs_f64();
         if back != gathered {
             return Err(format!("epoch {e}: zstd baseline round trip failed"));
@@ -401,7 +434,10 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         let t = Instant::now();
         let mut tmp = Vec::with_capacity(2 * PAGE_SIZE);
         for &p in &dirty {
-            let (o, n) = (&prev[p * PAGE_SIZE..(p + 1) * PAGE_SIZE], &cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+            let (o, n) = (
+                &prev[p * PAGE_SIZE..(p + 1) * PAGE_SIZE],
+                &cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE],
+            );
             tmp.clear();
             zrle::encode_xor(o, n, &mut tmp);
             if tmp.len() >= PAGE_SIZE {
@@ -443,13 +479,15 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         // Baseline 3: XBZRLE + zstd.
         xz.clear();
         let t = Instant::now();
-        cctx.compress_to_buffer(&xb[..], &mut xz).map_err(|e| e.to_string())?;
+        cctx.compress_to_buffer(&xb[..], &mut xz)
+            .map_err(|e| e.to_string())?;
         f.enc_s[3] = f.enc_s[2] + t.elapsed().as_secs_f64();
         f.xbzrle_zstd = xz.len() as u64;
         let mut rebuilt = prev.clone();
         back.clear();
         let t = Instant::now();
-        dctx.decompress_to_buffer(&xz[..], &mut back).map_err(|e| e.to_string())?;
+        dctx.decompress_to_buffer(&xz[..], &mut back)
+            .map_err(|e| e.to_string())?;
         dec_xb(&mut rebuilt, &back)?;
         f.dec_s[3] = t.elapsed().as_secs_f64();
         if rebuilt != cur {
@@ -500,7 +538,9 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
         // Check the committed image byte for byte.
         let mut page = [0u8; PAGE_SIZE];
         for p in 0..pages {
-            store.read_page(VM, p as u64, &mut page).map_err(|e| e.to_string())?;
+            store
+                .read_page(VM, p as u64, &mut page)
+                .map_err(|e| e.to_string())?;
             if page[..] != cur[p * PAGE_SIZE..(p + 1) * PAGE_SIZE] {
                 return Err(format!(
                     "epoch {e} ({}): FGBI decoded page {p} differs from the input",
@@ -509,7 +549,10 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
             }
         }
 
-        out(&f.line(&format!("epoch {e}{}", if e == 0 { " (full first image)" } else { "" })));
+        out(&f.line(&format!(
+            "epoch {e}{}",
+            if e == 0 { " (full first image)" } else { "" }
+        )));
         if e == 0 {
             report.first = f;
         } else {
@@ -522,7 +565,10 @@ pub fn run(dir: &Path, opts: &Options, out: &mut dyn FnMut(&str)) -> Result<Repo
     report.store_used = store.memory_used();
     out(&report.first.line("first epoch (full image)"));
     if report.steady.epochs > 0 {
-        out(&report.steady.line(&format!("steady-state total ({} dirty-page epochs)", report.steady.epochs)));
+        out(&report.steady.line(&format!(
+            "steady-state total ({} dirty-page epochs)",
+            report.steady.epochs
+        )));
     }
     let mo = enc.memory_overhead();
     out(&format!(

@@ -31,7 +31,10 @@ fn bench_runs_and_checks_generated_images() {
     generated(&dir);
     for bs in [32, 64, 4096] {
         let mut lines = Vec::new();
-        let opts = Options { block_size: bs, ..Options::default() };
+        let opts = Options {
+            block_size: bs,
+            ..Options::default()
+        };
         let r = run(&dir, &opts, &mut |l| lines.push(l.to_string())).unwrap();
         assert_eq!(r.epochs.len(), 5);
         assert_eq!(r.steady.epochs, 4);
@@ -44,7 +47,9 @@ fn bench_runs_and_checks_generated_images() {
 }
 
 fn captured_sets(root: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
     let mut images = 0;
     for e in rd.flatten() {
         let p = e.path();
@@ -52,7 +57,10 @@ fn captured_sets(root: &Path, out: &mut Vec<PathBuf>) {
             captured_sets(&p, out);
         } else {
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if [".img", ".img.zst", ".raw", ".raw.zst", ".xor.zst"].iter().any(|s| n.ends_with(s)) {
+            if [".img", ".img.zst", ".raw", ".raw.zst", ".xor.zst"]
+                .iter()
+                .any(|s| n.ends_with(s))
+            {
                 images += 1;
             }
         }
@@ -74,7 +82,9 @@ fn bench_runs_on_captured_sets_in_the_repository() {
     }
     for set in sets {
         let mut lines = Vec::new();
-        let r = run(&set, &Options::default(), &mut |l| lines.push(l.to_string()));
+        let r = run(&set, &Options::default(), &mut |l| {
+            lines.push(l.to_string())
+        });
         let r = r.unwrap_or_else(|e| panic!("{}: {e}", set.display()));
         eprintln!("{}: {}", set.display(), lines.last().unwrap());
         assert!(!r.epochs.is_empty());

@@ -116,7 +116,9 @@ fn workload_script(name: &str) -> Res<&'static str> {
         "pgbench" => Ok(WL_PGBENCH),
         "redis" => Ok(WL_REDIS),
         "rustc" => Ok(WL_RUSTC),
-        _ => Err(format!("unknown workload {name:?} (known: pgbench, redis, rustc)")),
+        _ => Err(format!(
+            "unknown workload {name:?} (known: pgbench, redis, rustc)"
+        )),
     }
 }
 
@@ -129,13 +131,17 @@ struct Cpio {
 impl Cpio {
     /// An empty archive.
     fn new() -> Self {
-        Cpio { out: Vec::new(), ino: 1 }
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     /// Appends one entry with the given mode, device numbers (for device nodes) and content.
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
         let namesize = name.len() + 1;
-        let hdr = format!(
+        let hdr =
+            format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             self.ino, mode, 0, 0, 1, 0, data.len(), 0, 0, rdev.0, rdev.1, namesize, 0
         );
@@ -176,7 +182,11 @@ impl Cpio {
 fn find_kernel() -> Res<(PathBuf, PathBuf)> {
     let mut best: Option<String> = None;
     for e in fs::read_dir("/boot").map_err(|e| format!("/boot: {e}"))? {
-        let name = e.map_err(|e| e.to_string())?.file_name().to_string_lossy().into_owned();
+        let name = e
+            .map_err(|e| e.to_string())?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if let Some(v) = name.strip_prefix("vmlinuz-") {
             if Path::new("/lib/modules").join(v).is_dir() && best.as_deref().is_none_or(|b| v > b) {
                 best = Some(v.to_string());
@@ -184,7 +194,10 @@ fn find_kernel() -> Res<(PathBuf, PathBuf)> {
         }
     }
     let v = best.ok_or("no /boot/vmlinuz-* with matching /lib/modules")?;
-    Ok((PathBuf::from(format!("/boot/vmlinuz-{v}")), PathBuf::from(format!("/lib/modules/{v}/kernel"))))
+    Ok((
+        PathBuf::from(format!("/boot/vmlinuz-{v}")),
+        PathBuf::from(format!("/lib/modules/{v}/kernel")),
+    ))
 }
 
 /// Builds the initramfs for a workload and returns its bytes.
@@ -194,17 +207,25 @@ fn build_initramfs(moddir: &Path, workload: &str) -> Res<Vec<u8>> {
         c.dir(d);
     }
     c.entry("dev/console", 0o020600, (5, 1), &[]);
-    let bb = fs::read("/bin/busybox").map_err(|e| format!("/bin/busybox (apt-get install busybox-static): {e}"))?;
+    let bb = fs::read("/bin/busybox")
+        .map_err(|e| format!("/bin/busybox (apt-get install busybox-static): {e}"))?;
     c.file("bin/busybox", 0o755, &bb);
     let mut names = Vec::new();
     for m in MODULES {
         let p = moddir.join(m);
         let data = fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let base = Path::new(m).file_name().and_then(|s| s.to_str()).ok_or("bad module name")?;
+        let base = Path::new(m)
+            .file_name()
+            .and_then(|s| s.to_str())
+            .ok_or("bad module name")?;
         c.file(&format!("lib/mod/{base}"), 0o644, &data);
         names.push(base.to_string());
     }
-    c.file("init", 0o755, INIT.replace("MODULE_LIST", &names.join(" ")).as_bytes());
+    c.file(
+        "init",
+        0o755,
+        INIT.replace("MODULE_LIST", &names.join(" ")).as_bytes(),
+    );
     c.file("workload.sh", 0o755, workload_script(workload)?.as_bytes());
     Ok(c.finish())
 }
@@ -230,7 +251,10 @@ impl Qmp {
             }
         };
         let wr = s.try_clone().map_err(|e| e.to_string())?;
-        let mut q = Qmp { rd: BufReader::new(s), wr };
+        let mut q = Qmp {
+            rd: BufReader::new(s),
+            wr,
+        };
         let mut greeting = String::new();
         q.rd.read_line(&mut greeting).map_err(|e| e.to_string())?;
         if !greeting.contains("\"QMP\"") {
@@ -242,7 +266,10 @@ impl Qmp {
 
     /// Sends one command and waits for its `return` (skipping asynchronous events).
     fn cmd(&mut self, json: &str) -> Res<String> {
-        self.wr.write_all(json.as_bytes()).and_then(|_| self.wr.write_all(b"\n")).map_err(|e| e.to_string())?;
+        self.wr
+            .write_all(json.as_bytes())
+            .and_then(|_| self.wr.write_all(b"\n"))
+            .map_err(|e| e.to_string())?;
         loop {
             let mut line = String::new();
             let n = self.rd.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -280,13 +307,19 @@ fn wait_serial(log: &Path, marker: &str, child: &mut Child, timeout: Duration) -
             return Ok(());
         }
         if text.contains("RESILIRE-FAILED") || text.contains("RESILIRE-WORKLOAD-EXITED") {
-            return Err(format!("workload failed in the VM; serial log: {}", log.display()));
+            return Err(format!(
+                "workload failed in the VM; serial log: {}",
+                log.display()
+            ));
         }
         if let Ok(Some(st)) = child.try_wait() {
             return Err(format!("qemu exited ({st}); serial log: {}", log.display()));
         }
         if start.elapsed() > timeout {
-            return Err(format!("timeout waiting for {marker}; serial log: {}", log.display()));
+            return Err(format!(
+                "timeout waiting for {marker}; serial log: {}",
+                log.display()
+            ));
         }
         sleep(Duration::from_millis(200));
     }
@@ -323,8 +356,15 @@ fn run(o: &RunOpts) -> Res<()> {
         .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp_path.display())])
         .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot"])
         .stdin(Stdio::null());
-    eprintln!("capture: booting {} with {} MiB, workload {}", kernel.display(), o.mem_mib, o.workload);
-    let mut child = cmd.spawn().map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    eprintln!(
+        "capture: booting {} with {} MiB, workload {}",
+        kernel.display(),
+        o.mem_mib,
+        o.workload
+    );
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
     let result = capture_epochs(o, &out, &qmp_path, &serial, &mut child);
     let _ = child.kill();
     let _ = child.wait();
@@ -332,7 +372,13 @@ fn run(o: &RunOpts) -> Res<()> {
 }
 
 /// The capture loop proper, with QEMU running.
-fn capture_epochs(o: &RunOpts, out: &Path, qmp_path: &Path, serial: &Path, child: &mut Child) -> Res<()> {
+fn capture_epochs(
+    o: &RunOpts,
+    out: &Path,
+    qmp_path: &Path,
+    serial: &Path,
+    child: &mut Child,
+) -> Res<()> {
     let mut q = Qmp::connect(qmp_path)?;
     wait_serial(serial, "RESILIRE-READY", child, Duration::from_secs(600))?;
     eprintln!("capture: workload ready, warming up {} s", o.warmup_s);
@@ -351,7 +397,11 @@ fn capture_epochs(o: &RunOpts, out: &Path, qmp_path: &Path, serial: &Path, child
         q.cmd(r#"{"execute":"cont"}"#)?;
         let cur = fs::read(&file).map_err(|e| e.to_string())?;
         if cur.len() != size {
-            return Err(format!("{} has {} bytes, expected {size}", file.display(), cur.len()));
+            return Err(format!(
+                "{} has {} bytes, expected {size}",
+                file.display(),
+                cur.len()
+            ));
         }
         let dirty = prev.as_ref().map(|p| changed_pages(p, &cur));
         eprintln!(
@@ -369,7 +419,10 @@ fn capture_epochs(o: &RunOpts, out: &Path, qmp_path: &Path, serial: &Path, child
 
 /// Number of 4 KiB pages that differ between two equal-length images.
 fn changed_pages(a: &[u8], b: &[u8]) -> usize {
-    a.chunks(PAGE).zip(b.chunks(PAGE)).filter(|(x, y)| x != y).count()
+    a.chunks(PAGE)
+        .zip(b.chunks(PAGE))
+        .filter(|(x, y)| x != y)
+        .count()
 }
 
 /// Lists `dir`'s files with the given suffix, sorted by name.
@@ -379,7 +432,9 @@ fn list_sorted(dir: &Path, suffixes: &[&str]) -> Res<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| suffixes.iter().any(|s| n.ends_with(s)))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| suffixes.iter().any(|s| n.ends_with(s)))
         })
         .collect();
     v.sort();
@@ -399,13 +454,23 @@ fn parse_size(s: &str) -> Res<usize> {
 }
 
 /// `pack`: compresses `epochs` images of `src` (optionally a window of them) into `dst`.
-fn pack(src: &Path, dst: &Path, first: usize, epochs: usize, window: Option<usize>, level: i32) -> Res<()> {
+fn pack(
+    src: &Path,
+    dst: &Path,
+    first: usize,
+    epochs: usize,
+    window: Option<usize>,
+    level: i32,
+) -> Res<()> {
     let files = list_sorted(src, &[".raw"])?;
     let files: Vec<_> = files.into_iter().skip(first).take(epochs).collect();
     if files.is_empty() {
         return Err(format!("no .raw files in {}", src.display()));
     }
-    let images: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).map_err(|e| e.to_string())).collect::<Res<_>>()?;
+    let images: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| fs::read(f).map_err(|e| e.to_string()))
+        .collect::<Res<_>>()?;
     let len = images[0].len();
     if images.iter().any(|i| i.len() != len) {
         return Err("images differ in size".into());
@@ -415,18 +480,26 @@ fn pack(src: &Path, dst: &Path, first: usize, epochs: usize, window: Option<usiz
         None => (0, len),
         Some(w) => {
             if w == 0 || w > len || w % PAGE != 0 {
-                return Err("window must be a non-zero multiple of 4 KiB, at most the image size".into());
+                return Err(
+                    "window must be a non-zero multiple of 4 KiB, at most the image size".into(),
+                );
             }
             let mut best = (0usize, 0usize);
             let mut off = 0;
             while off + w <= len {
-                let d: usize = images.windows(2).map(|p| changed_pages(&p[0][off..off + w], &p[1][off..off + w])).sum();
+                let d: usize = images
+                    .windows(2)
+                    .map(|p| changed_pages(&p[0][off..off + w], &p[1][off..off + w]))
+                    .sum();
                 if d > best.1 {
                     best = (off, d);
                 }
                 off += w;
             }
-            eprintln!("pack: window at offset {:#x} ({} changed pages over the set)", best.0, best.1);
+            eprintln!(
+                "pack: window at offset {:#x} ({} changed pages over the set)",
+                best.0, best.1
+            );
             (best.0, w)
         }
     };
@@ -437,7 +510,10 @@ fn pack(src: &Path, dst: &Path, first: usize, epochs: usize, window: Option<usiz
         let cur = &img[off..off + wlen];
         let (name, data) = match prev {
             None => (format!("{i:04}.raw.zst"), cur.to_vec()),
-            Some(p) => (format!("{i:04}.xor.zst"), cur.iter().zip(p).map(|(a, b)| a ^ b).collect()),
+            Some(p) => (
+                format!("{i:04}.xor.zst"),
+                cur.iter().zip(p).map(|(a, b)| a ^ b).collect(),
+            ),
         };
         let z = zstd::bulk::compress(&data, level).map_err(|e| e.to_string())?;
         total += z.len();
@@ -445,7 +521,11 @@ fn pack(src: &Path, dst: &Path, first: usize, epochs: usize, window: Option<usiz
         fs::write(dst.join(name), z).map_err(|e| e.to_string())?;
         prev = Some(cur);
     }
-    eprintln!("pack: {} epochs of {} bytes at offset {off:#x}, {total} bytes packed", images.len(), wlen);
+    eprintln!(
+        "pack: {} epochs of {} bytes at offset {off:#x}, {total} bytes packed",
+        images.len(),
+        wlen
+    );
     Ok(())
 }
 
@@ -458,13 +538,18 @@ fn unpack(src: &Path, dst: &Path) -> Res<()> {
     fs::create_dir_all(dst).map_err(|e| e.to_string())?;
     let mut prev: Option<Vec<u8>> = None;
     for f in &files {
-        let name = f.file_name().and_then(|n| n.to_str()).ok_or("bad file name")?;
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("bad file name")?;
         let mut data = Vec::new();
         zstd::stream::read::Decoder::new(fs::File::open(f).map_err(|e| e.to_string())?)
             .and_then(|mut d| d.read_to_end(&mut data))
             .map_err(|e| format!("{}: {e}", f.display()))?;
         let (stem, img) = if let Some(stem) = name.strip_suffix(".xor.zst") {
-            let p = prev.as_ref().ok_or_else(|| format!("{name}: XOR image without a previous image"))?;
+            let p = prev
+                .as_ref()
+                .ok_or_else(|| format!("{name}: XOR image without a previous image"))?;
             if p.len() != data.len() {
                 return Err(format!("{name}: size differs from the previous image"));
             }
@@ -495,13 +580,18 @@ fn main_inner() -> Res<()> {
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         if let Some(k) = a.strip_prefix("--") {
-            let v = it.next().ok_or_else(|| format!("--{k} needs a value\n{USAGE}"))?;
+            let v = it
+                .next()
+                .ok_or_else(|| format!("--{k} needs a value\n{USAGE}"))?;
             opts.insert(k.to_string(), v.clone());
         } else {
             pos.push(a.clone());
         }
     }
-    let num = |k: &str, d: usize| -> Res<usize> { opts.get(k).map_or(Ok(d), |v| v.parse().map_err(|_| format!("bad --{k}"))) };
+    let num = |k: &str, d: usize| -> Res<usize> {
+        opts.get(k)
+            .map_or(Ok(d), |v| v.parse().map_err(|_| format!("bad --{k}")))
+    };
     match sub {
         "run" => run(&RunOpts {
             workload: opts.get("workload").cloned().ok_or(USAGE)?,
@@ -514,12 +604,23 @@ fn main_inner() -> Res<()> {
             kvm: opts.get("accel").is_some_and(|a| a == "kvm"),
         }),
         "pack" => {
-            let [src, dst] = pos.as_slice() else { return Err(USAGE.into()) };
+            let [src, dst] = pos.as_slice() else {
+                return Err(USAGE.into());
+            };
             let window = opts.get("window").map(|w| parse_size(w)).transpose()?;
-            pack(Path::new(src), Path::new(dst), num("first", 0)?, num("epochs", 6)?, window, num("level", 19)? as i32)
+            pack(
+                Path::new(src),
+                Path::new(dst),
+                num("first", 0)?,
+                num("epochs", 6)?,
+                window,
+                num("level", 19)? as i32,
+            )
         }
         "unpack" => {
-            let [src, dst] = pos.as_slice() else { return Err(USAGE.into()) };
+            let [src, dst] = pos.as_slice() else {
+                return Err(USAGE.into());
+            };
             unpack(Path::new(src), Path::new(dst))
         }
         _ => Err(USAGE.into()),
@@ -539,7 +640,10 @@ mod tests {
 
     /// A fresh scratch directory under the system's temporary directory.
     fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("resilire-capture-test-{}-{name}", std::process::id()));
+        let d = std::env::temp_dir().join(format!(
+            "resilire-capture-test-{}-{name}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
@@ -579,13 +683,22 @@ mod tests {
             unpack(&data.join(set), &out).unwrap();
             let files = list_sorted(&out, &[".raw"]).unwrap();
             assert_eq!(files.len(), 8, "{set}");
-            let sizes: Vec<u64> = files.iter().map(|f| fs::metadata(f).unwrap().len()).collect();
+            let sizes: Vec<u64> = files
+                .iter()
+                .map(|f| fs::metadata(f).unwrap().len())
+                .collect();
             assert!(sizes.iter().all(|&s| s == mib << 20), "{set}: {sizes:?}");
             // Epochs differ (real workload activity), but never everywhere.
             let imgs: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
-            let changed: Vec<usize> = imgs.windows(2).map(|w| changed_pages(&w[0], &w[1])).collect();
+            let changed: Vec<usize> = imgs
+                .windows(2)
+                .map(|w| changed_pages(&w[0], &w[1]))
+                .collect();
             assert!(changed.iter().sum::<usize>() > 0, "{set}: {changed:?}");
-            assert!(changed.iter().all(|&c| c < imgs[0].len() / PAGE), "{set}: {changed:?}");
+            assert!(
+                changed.iter().all(|&c| c < imgs[0].len() / PAGE),
+                "{set}: {changed:?}"
+            );
             fs::remove_dir_all(out).unwrap();
         }
     }

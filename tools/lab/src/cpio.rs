@@ -24,7 +24,11 @@ pub struct CpioWriter<W: Write> {
 impl<W: Write> CpioWriter<W> {
     /// Starts an archive on `out`.
     pub fn new(out: W) -> Self {
-        CpioWriter { out, written: 0, next_ino: 1 }
+        CpioWriter {
+            out,
+            written: 0,
+            next_ino: 1,
+        }
     }
 
     /// Appends one member; `mode` holds the permission bits only.
@@ -36,7 +40,12 @@ impl<W: Write> CpioWriter<W> {
         };
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.entry(path.trim_start_matches('/'), ino, kind | (mode & 0o7777), data)
+        self.entry(
+            path.trim_start_matches('/'),
+            ino,
+            kind | (mode & 0o7777),
+            data,
+        )
     }
 
     /// Writes the trailer and returns the underlying writer.
@@ -47,7 +56,8 @@ impl<W: Write> CpioWriter<W> {
 
     fn entry(&mut self, name: &str, ino: u32, mode: u32, data: &[u8]) -> io::Result<()> {
         let namesize = name.len() + 1;
-        let header = format!(
+        let header =
+            format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             ino, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, namesize, 0
         );

@@ -14,10 +14,16 @@ fn scripts(root: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for parent in ["crates", "tools", "appliance"] {
         let dir = root.join(parent);
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             // Each script takes the seconds to run as its first argument.
-            if let Some(s) = ["fuzz/run-brief.sh", "fuzz/run.sh"].iter().map(|n| e.path().join(n)).find(|p| p.exists()) {
+            if let Some(s) = ["fuzz/run-brief.sh", "fuzz/run.sh"]
+                .iter()
+                .map(|n| e.path().join(n))
+                .find(|p| p.exists())
+            {
                 out.push(s);
             }
         }
@@ -30,19 +36,31 @@ fn ensure_tools() -> Result<()> {
     let have_nightly = Command::new("rustup")
         .args(["toolchain", "list"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("nightly")))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("nightly"))
+        })
         .unwrap_or(false);
     if !have_nightly {
         eprintln!("lab: installing the nightly toolchain (cargo fuzz needs it)");
-        let st = Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]).status()?;
+        let st = Command::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .status()?;
         if !st.success() {
             bail!("rustup toolchain install nightly failed");
         }
     }
-    let have_fuzz = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let have_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !have_fuzz {
         eprintln!("lab: installing cargo-fuzz");
-        let st = Command::new("cargo").args(["install", "-q", "--locked", "cargo-fuzz"]).status()?;
+        let st = Command::new("cargo")
+            .args(["install", "-q", "--locked", "cargo-fuzz"])
+            .status()?;
         if !st.success() {
             bail!("cargo install cargo-fuzz failed");
         }

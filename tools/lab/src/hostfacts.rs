@@ -17,19 +17,29 @@ pub fn kernel() -> Result<Kernel> {
     let mut versions: Vec<String> = std::fs::read_dir("/boot")
         .context("reading /boot")?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(str::to_string)
+        })
         .filter(|v| PathBuf::from(format!("/lib/modules/{v}/modules.dep")).exists())
         .collect();
     versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
     match versions.pop() {
-        Some(version) => Ok(Kernel { image: PathBuf::from(format!("/boot/vmlinuz-{version}")), version }),
+        Some(version) => Ok(Kernel {
+            image: PathBuf::from(format!("/boot/vmlinuz-{version}")),
+            version,
+        }),
         None => bail!("no kernel with modules in /boot (is linux-image-amd64 installed?)"),
     }
 }
 
 /// Numeric fields of a version, compared field by field ("6.1.0-56" > "6.1.0-9").
 fn version_key(v: &str) -> Vec<u64> {
-    v.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok()).collect()
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// The gzip-compressed Xen hypervisor of the newest installed 4.x package.
@@ -43,7 +53,9 @@ pub fn xen_gz() -> Result<PathBuf> {
         })
         .collect();
     found.sort();
-    found.pop().context("no /boot/xen-*-amd64.gz (is xen-hypervisor installed?)")
+    found
+        .pop()
+        .context("no /boot/xen-*-amd64.gz (is xen-hypervisor installed?)")
 }
 
 /// The directory of Xen's tool binaries (`/usr/lib/xen-<ver>/bin`).
@@ -51,12 +63,18 @@ pub fn xen_bin_dir() -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib")?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("xen-4")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("xen-4"))
+        })
         .map(|p| p.join("bin"))
         .filter(|p| p.join("xl").exists())
         .collect();
     found.sort();
-    found.pop().context("no /usr/lib/xen-4.*/bin/xl (is xen-utils installed?)")
+    found
+        .pop()
+        .context("no /usr/lib/xen-4.*/bin/xl (is xen-utils installed?)")
 }
 
 #[cfg(test)]

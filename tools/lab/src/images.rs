@@ -29,14 +29,35 @@ const DOM0_MODULES: &[&str] = &[
 ];
 
 /// Xen tools dom0 runs, from Xen's private bin directory.
-const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xen-init-dom0", "xenconsoled", "libxl-save-helper", "xen-hvmctx"];
+const XEN_TOOLS: &[&str] = &[
+    "xl",
+    "xenstored",
+    "xen-init-dom0",
+    "xenconsoled",
+    "libxl-save-helper",
+    "xen-hvmctx",
+];
 
 /// Names under which the `xenstore` multi-call binary is installed.
-const XENSTORE_APPLETS: &[&str] = &["read", "write", "ls", "list", "rm", "exists", "watch", "chmod"];
+const XENSTORE_APPLETS: &[&str] = &[
+    "read", "write", "ls", "list", "rm", "exists", "watch", "chmod",
+];
 
 fn busybox(fs: &mut RootFs) -> Result<()> {
-    fs.file("/bin/busybox", "/bin/busybox").context("busybox-static is needed")?;
-    for d in ["/proc", "/sys", "/dev", "/run", "/tmp", "/usr/bin", "/usr/sbin", "/sbin", "/var", "/root"] {
+    fs.file("/bin/busybox", "/bin/busybox")
+        .context("busybox-static is needed")?;
+    for d in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/tmp",
+        "/usr/bin",
+        "/usr/sbin",
+        "/sbin",
+        "/var",
+        "/root",
+    ] {
         fs.dir(d);
     }
     fs.symlink("/bin/sh", "busybox");
@@ -86,10 +107,13 @@ pub fn dom0_initramfs(inp: &Dom0Inputs, out: &Path) -> Result<u64> {
         fs.symlink(&format!("/usr/bin/xenstore-{a}"), "xenstore");
     }
     // xl aborts at exit without libgcc_s (pthread_cancel unwinding).
-    let libgcc = ["/lib/x86_64-linux-gnu/libgcc_s.so.1", "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("libgcc_s.so.1 not found")?;
+    let libgcc = [
+        "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+        "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .context("libgcc_s.so.1 not found")?;
     fs.file(libgcc, libgcc)?;
     fs.tree(Path::new("/etc/xen/scripts"), "/etc/xen/scripts")?;
     // dom0's memory is fixed by dom0_mem: xl must not balloon it down.

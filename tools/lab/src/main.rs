@@ -48,7 +48,11 @@ fn project_root() -> Result<PathBuf> {
 fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let live = args.iter().any(|a| a == "--live");
-    let args: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--live").collect();
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--live")
+        .collect();
     let root = project_root()?;
     let out = root.join("lab-out");
     match args.as_slice() {
@@ -59,7 +63,13 @@ fn real_main() -> Result<()> {
         }
         ["list"] => {
             for sc in scenario::load_all(&root.join("tests-qemu/scenarios"))? {
-                println!("{:24} hosts={} timeout={}s test={}", sc.name, sc.hosts, sc.timeout.as_secs(), sc.in_tests);
+                println!(
+                    "{:24} hosts={} timeout={}s test={}",
+                    sc.name,
+                    sc.hosts,
+                    sc.timeout.as_secs(),
+                    sc.in_tests
+                );
             }
             Ok(())
         }
@@ -69,7 +79,11 @@ fn real_main() -> Result<()> {
             let all = scenario::load_all(&root.join("tests-qemu/scenarios"))?;
             let mut chosen = Vec::new();
             for n in names {
-                chosen.push(all.iter().find(|s| s.name == *n).with_context(|| format!("no scenario {n}"))?);
+                chosen.push(
+                    all.iter()
+                        .find(|s| s.name == *n)
+                        .with_context(|| format!("no scenario {n}"))?,
+                );
             }
             run_scenarios(&chosen, &img, &out, live)
         }
@@ -87,7 +101,10 @@ fn real_main() -> Result<()> {
             prereq::ensure()?;
             let img = build_images(&root, &out)?;
             let all = scenario::load_all(&root.join("tests-qemu/scenarios"))?;
-            let demo = all.iter().find(|s| s.name == "demo").context("no demo scenario")?;
+            let demo = all
+                .iter()
+                .find(|s| s.name == "demo")
+                .context("no demo scenario")?;
             run_scenarios(&[demo], &img, &out, true)
         }
         _ => {
@@ -99,7 +116,10 @@ fn real_main() -> Result<()> {
 
 fn cargo_tests(root: &Path) -> Result<()> {
     eprintln!("lab: cargo test (workspace)");
-    let st = Command::new("cargo").current_dir(root).args(["test", "--release", "-q"]).status()?;
+    let st = Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--release", "-q"])
+        .status()?;
     if !st.success() {
         bail!("cargo test failed");
     }
@@ -113,9 +133,14 @@ fn build_images(root: &Path, out: &Path) -> Result<scenario::BootImages> {
 /// Boots the appliance as dom0 straight under Xen (its self-test and its
 /// panic path): Xen's own way of smoke-testing PV kernels.
 fn appliance_smoke(root: &Path, art: &project::Artifacts) -> Result<()> {
-    let Some(elf) = &art.appliance else { return Ok(()) };
+    let Some(elf) = &art.appliance else {
+        return Ok(());
+    };
     eprintln!("lab: appliance smoke test as dom0");
-    let st = Command::new("sh").arg(root.join("appliance/scripts/dom0-smoke.sh")).arg(elf).status()?;
+    let st = Command::new("sh")
+        .arg(root.join("appliance/scripts/dom0-smoke.sh"))
+        .arg(elf)
+        .status()?;
     if !st.success() {
         bail!("appliance dom0 smoke test failed");
     }
@@ -140,7 +165,13 @@ fn build_all(root: &Path, out: &Path) -> Result<(scenario::BootImages, project::
     let guest_initrd = img_dir.join("guest-initrd.cpio");
     let gsize = images::guest_initramfs(root, &kernel, &art, &guest_initrd)?;
     let initrd = img_dir.join("dom0-initrd.cpio");
-    let inputs = images::Dom0Inputs { root, kernel: &kernel, xen_bin: &xen_bin, art: &art, guest_initrd: &guest_initrd };
+    let inputs = images::Dom0Inputs {
+        root,
+        kernel: &kernel,
+        xen_bin: &xen_bin,
+        art: &art,
+        guest_initrd: &guest_initrd,
+    };
     let dsize = images::dom0_initramfs(&inputs, &initrd)?;
     eprintln!(
         "lab: images ready in {:.1}s (kernel {}, {}; guest initramfs {} KiB, dom0 initramfs {} KiB)",
@@ -150,18 +181,43 @@ fn build_all(root: &Path, out: &Path) -> Result<(scenario::BootImages, project::
         gsize / 1024,
         dsize / 1024
     );
-    Ok((scenario::BootImages { xen, kernel: kernel.image, initrd }, art))
+    Ok((
+        scenario::BootImages {
+            xen,
+            kernel: kernel.image,
+            initrd,
+        },
+        art,
+    ))
 }
 
-fn run_scenarios(list: &[&scenario::Scenario], img: &scenario::BootImages, out: &Path, live: bool) -> Result<()> {
+fn run_scenarios(
+    list: &[&scenario::Scenario],
+    img: &scenario::BootImages,
+    out: &Path,
+    live: bool,
+) -> Result<()> {
     let mut failed = Vec::new();
     for sc in list {
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
         let dir = out.join("runs").join(format!("{}-{stamp}", sc.name));
-        eprintln!("lab: scenario {} ({} host(s), timeout {}s)", sc.name, sc.hosts, sc.timeout.as_secs());
+        eprintln!(
+            "lab: scenario {} ({} host(s), timeout {}s)",
+            sc.name,
+            sc.hosts,
+            sc.timeout.as_secs()
+        );
         let o = scenario::run(sc, img, &dir, live)?;
         let verdict = if o.passed { "PASS" } else { "FAIL" };
-        println!("lab: {verdict} {} in {:.1}s: {} (logs: {})", sc.name, o.elapsed.as_secs_f64(), o.reason, o.log_dir.display());
+        println!(
+            "lab: {verdict} {} in {:.1}s: {} (logs: {})",
+            sc.name,
+            o.elapsed.as_secs_f64(),
+            o.reason,
+            o.log_dir.display()
+        );
         if !o.passed {
             show_tail(&o.log_dir, sc.hosts);
             failed.push(sc.name.clone());

@@ -30,7 +30,11 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// `program` run as root: directly when we are root, through sudo otherwise.
@@ -49,25 +53,42 @@ pub fn ensure() -> Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
         eprintln!("lab: installing Debian packages: {}", missing.join(" "));
-        let st = privileged("apt-get").args(["update", "-q"]).status().context("apt-get update")?;
+        let st = privileged("apt-get")
+            .args(["update", "-q"])
+            .status()
+            .context("apt-get update")?;
         if !st.success() {
             bail!("apt-get update failed");
         }
         let st = privileged("env")
-            .args(["DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", "--no-install-recommends"])
+            .args([
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+            ])
             .args(&missing)
             .status()
-        .context("apt-get install")?;
+            .context("apt-get install")?;
         if !st.success() {
             bail!("apt-get install {} failed", missing.join(" "));
         }
     }
-    let listed = Command::new("rustup").args(["target", "list", "--installed"]).output().context("running rustup")?;
+    let listed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
     let have = String::from_utf8_lossy(&listed.stdout).to_string();
     for t in RUST_TARGETS {
         if !have.lines().any(|l| l.trim() == *t) {
             eprintln!("lab: adding Rust target {t}");
-            if !Command::new("rustup").args(["target", "add", t]).status()?.success() {
+            if !Command::new("rustup")
+                .args(["target", "add", t])
+                .status()?
+                .success()
+            {
                 bail!("rustup target add {t} failed");
             }
         }

@@ -59,7 +59,10 @@ impl Host {
         );
         // Modules are passed as "path args,path": a comma separates modules.
         let modules = format!("{},{}", dom0_cmdline, spec.initrd.display());
-        let netdev = format!("socket,id=lab,mcast=230.0.0.1:{},localaddr=127.0.0.1", spec.net_port);
+        let netdev = format!(
+            "socket,id=lab,mcast=230.0.0.1:{},localaddr=127.0.0.1",
+            spec.net_port
+        );
         let nic = format!("e1000,netdev=lab,mac=52:54:00:00:00:{:02x}", spec.index + 1);
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-smp", "2"])
@@ -76,7 +79,13 @@ impl Host {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting qemu-system-x86_64")?;
-        Ok(Host { child, log: spec.serial_log.clone(), offset: 0, partial: String::new(), killed: false })
+        Ok(Host {
+            child,
+            log: spec.serial_log.clone(),
+            offset: 0,
+            partial: String::new(),
+            killed: false,
+        })
     }
 
     /// Complete serial lines that arrived since the last call.
@@ -90,7 +99,11 @@ impl Host {
         let mut lines = Vec::new();
         while let Some(i) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=i).collect();
-            lines.push(line.trim_end_matches(['\n', '\r']).replace('\r', "").to_string());
+            lines.push(
+                line.trim_end_matches(['\n', '\r'])
+                    .replace('\r', "")
+                    .to_string(),
+            );
         }
         Ok(lines)
     }

@@ -29,7 +29,9 @@ impl RootFs {
         for part in path.split('/').filter(|p| !p.is_empty()) {
             cur.push('/');
             cur.push_str(part);
-            self.entries.entry(cur.clone()).or_insert((0o755, Source::Dir));
+            self.entries
+                .entry(cur.clone())
+                .or_insert((0o755, Source::Dir));
         }
     }
 
@@ -42,24 +44,34 @@ impl RootFs {
     /// Copies a host file to `dest` (its mode is kept).
     pub fn file(&mut self, host: impl AsRef<Path>, dest: &str) -> Result<()> {
         let host = host.as_ref();
-        let meta = fs::metadata(host).with_context(|| format!("missing host file {}", host.display()))?;
+        let meta =
+            fs::metadata(host).with_context(|| format!("missing host file {}", host.display()))?;
         use std::os::unix::fs::PermissionsExt;
         self.parent_of(dest);
-        self.entries
-            .insert(dest.to_string(), (meta.permissions().mode() & 0o7777, Source::HostFile(host.to_path_buf())));
+        self.entries.insert(
+            dest.to_string(),
+            (
+                meta.permissions().mode() & 0o7777,
+                Source::HostFile(host.to_path_buf()),
+            ),
+        );
         Ok(())
     }
 
     /// Adds a file with the given content and mode.
     pub fn bytes(&mut self, dest: &str, mode: u32, content: impl Into<Vec<u8>>) {
         self.parent_of(dest);
-        self.entries.insert(dest.to_string(), (mode, Source::Bytes(content.into())));
+        self.entries
+            .insert(dest.to_string(), (mode, Source::Bytes(content.into())));
     }
 
     /// Adds a symbolic link.
     pub fn symlink(&mut self, dest: &str, target: &str) {
         self.parent_of(dest);
-        self.entries.insert(dest.to_string(), (0o777, Source::Symlink(target.to_string())));
+        self.entries.insert(
+            dest.to_string(),
+            (0o777, Source::Symlink(target.to_string())),
+        );
     }
 
     /// Copies a dynamically linked host binary to `dest` with every library
@@ -101,7 +113,8 @@ impl RootFs {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for name in names {
-            let path = find_module(&deps, name).with_context(|| format!("kernel {kver} has no module {name}"))?;
+            let path = find_module(&deps, name)
+                .with_context(|| format!("kernel {kver} has no module {name}"))?;
             visit_module(&deps, &path, &mut seen, &mut order);
         }
         let mut list = String::new();
@@ -142,7 +155,10 @@ impl RootFs {
 
 /// The libraries (and the dynamic loader) a binary needs, as `ldd` lists them.
 fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(bin).output().context("running ldd")?;
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if text.contains("not a dynamic executable") || text.contains("statically linked") {
         return Ok(Vec::new());
@@ -155,7 +171,10 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
         }
         let path = match line.split_once("=> ") {
             Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
         };
         if let Some(p) = path.filter(|p| p.starts_with('/')) {
             libs.push(PathBuf::from(p));
@@ -168,7 +187,12 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
     text.lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.trim().to_string(), d.split_whitespace().map(str::to_string).collect()))
+        .map(|(m, d)| {
+            (
+                m.trim().to_string(),
+                d.split_whitespace().map(str::to_string).collect(),
+            )
+        })
         .collect()
 }
 
@@ -212,7 +236,14 @@ mod tests {
         let path = find_module(&deps, "bridge").unwrap();
         let (mut seen, mut order) = (BTreeSet::new(), Vec::new());
         visit_module(&deps, &path, &mut seen, &mut order);
-        assert_eq!(order, ["kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko"]);
+        assert_eq!(
+            order,
+            [
+                "kernel/net/llc/llc.ko",
+                "kernel/net/802/stp.ko",
+                "kernel/net/bridge/bridge.ko"
+            ]
+        );
         assert!(find_module(&deps, "nope").is_none());
     }
 

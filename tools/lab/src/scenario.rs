@@ -39,15 +39,26 @@ pub fn load_all(dir: &Path) -> Result<Vec<Scenario>> {
 }
 
 fn parse(path: &Path) -> Result<Scenario> {
-    let name = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
+    let name = path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
     let text = std::fs::read_to_string(path)?;
     let header = text
         .lines()
         .find_map(|l| l.strip_prefix("# lab:"))
         .with_context(|| format!("{}: no '# lab:' header", path.display()))?;
-    let mut sc = Scenario { name, hosts: 1, timeout: Duration::from_secs(120), in_tests: false };
+    let mut sc = Scenario {
+        name,
+        hosts: 1,
+        timeout: Duration::from_secs(120),
+        in_tests: false,
+    };
     for kv in header.split_whitespace() {
-        let (k, v) = kv.split_once('=').with_context(|| format!("{}: bad header field {kv}", path.display()))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("{}: bad header field {kv}", path.display()))?;
         match k {
             "hosts" => sc.hosts = v.parse().context("hosts=")?,
             "timeout" => sc.timeout = Duration::from_secs(v.parse().context("timeout=")?),
@@ -84,7 +95,12 @@ pub struct Outcome {
 }
 
 /// Signatures of a host that died under the scenario.
-const FATAL: &[&str] = &["Kernel panic", "Panic on CPU", "general protection fault", "BUG: kernel"];
+const FATAL: &[&str] = &[
+    "Kernel panic",
+    "Panic on CPU",
+    "general protection fault",
+    "BUG: kernel",
+];
 
 /// Boots the scenario's hosts and follows them to a verdict.
 pub fn run(sc: &Scenario, img: &BootImages, log_dir: &Path, live: bool) -> Result<Outcome> {
@@ -111,9 +127,19 @@ pub fn run(sc: &Scenario, img: &BootImages, log_dir: &Path, live: bool) -> Resul
     let elapsed = start.elapsed();
     std::fs::write(
         log_dir.join("verdict.txt"),
-        format!("{} {} after {:.1}s\n", if passed { "PASS" } else { "FAIL" }, reason, elapsed.as_secs_f64()),
+        format!(
+            "{} {} after {:.1}s\n",
+            if passed { "PASS" } else { "FAIL" },
+            reason,
+            elapsed.as_secs_f64()
+        ),
     )?;
-    Ok(Outcome { passed, reason, elapsed, log_dir: log_dir.to_path_buf() })
+    Ok(Outcome {
+        passed,
+        reason,
+        elapsed,
+        log_dir: log_dir.to_path_buf(),
+    })
 }
 
 fn follow(sc: &Scenario, hosts: &mut [Host], live: bool, start: Instant) -> Result<(bool, String)> {
@@ -135,7 +161,10 @@ fn follow(sc: &Scenario, hosts: &mut [Host], live: bool, start: Instant) -> Resu
                     } else if let Some(why) = m.strip_prefix("FAIL") {
                         return Ok((false, format!("host{i} failed:{why}")));
                     } else if let Some(n) = m.strip_prefix("KILL-HOST ") {
-                        let n: usize = n.trim().parse().with_context(|| format!("bad KILL-HOST in: {line}"))?;
+                        let n: usize = n
+                            .trim()
+                            .parse()
+                            .with_context(|| format!("bad KILL-HOST in: {line}"))?;
                         if let Some(h) = hosts.get_mut(n) {
                             println!("  lab: killing host{n} as host{i} asked");
                             h.kill();
@@ -148,7 +177,10 @@ fn follow(sc: &Scenario, hosts: &mut [Host], live: bool, start: Instant) -> Resu
                 }
             }
             if !hosts[i].killed && !hosts[i].alive() {
-                return Ok((false, format!("host{i}: QEMU exited before the scenario ended")));
+                return Ok((
+                    false,
+                    format!("host{i}: QEMU exited before the scenario ended"),
+                ));
             }
         }
         if start.elapsed() > sc.timeout {
@@ -166,7 +198,11 @@ mod tests {
     fn header_is_parsed_and_checked() {
         let dir = std::env::temp_dir().join(format!("lab-sc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("two.sh"), "#!/bin/sh\n# lab: hosts=2 timeout=90 test=yes\n").unwrap();
+        std::fs::write(
+            dir.join("two.sh"),
+            "#!/bin/sh\n# lab: hosts=2 timeout=90 test=yes\n",
+        )
+        .unwrap();
         let sc = parse(&dir.join("two.sh")).unwrap();
         assert_eq!((sc.hosts, sc.timeout.as_secs(), sc.in_tests), (2, 90, true));
         std::fs::write(dir.join("bad.sh"), "# lab: hosts=0\n").unwrap();

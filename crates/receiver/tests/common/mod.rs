@@ -18,7 +18,13 @@ pub fn key_bytes(name: &str) -> [u8; 32] {
 }
 
 pub fn receiver(budget: usize, names: &[&str], cfg: ReceiverConfig) -> Rx {
-    let keys: Vec<VmKey> = names.iter().map(|n| VmKey { name: n.to_string(), key: key_bytes(n) }).collect();
+    let keys: Vec<VmKey> = names
+        .iter()
+        .map(|n| VmKey {
+            name: n.to_string(),
+            key: key_bytes(n),
+        })
+        .collect();
     Receiver::new(Store::new(HeapFrames::new(), budget), &keys, cfg).unwrap()
 }
 
@@ -77,7 +83,8 @@ pub fn mutate(img: &mut [u8], rng: &mut Rng, n_changes: usize) {
                 // a counter-like structure
                 for i in 0..PAGE_SIZE / 8 {
                     let o = page + i * 8;
-                    let v = u64::from_le_bytes(img[o..o + 8].try_into().unwrap()).wrapping_add(i as u64);
+                    let v = u64::from_le_bytes(img[o..o + 8].try_into().unwrap())
+                        .wrapping_add(i as u64);
                     img[o..o + 8].copy_from_slice(&v.to_le_bytes());
                 }
             }
@@ -157,12 +164,19 @@ impl Primary {
 
     /// The HELLO frame of a new connection (a fresh session with a new salt).
     pub fn hello_frame(&mut self) -> Vec<u8> {
-        self.salt = self.salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.salt = self
+            .salt
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut salt = [0u8; 32];
         salt[..8].copy_from_slice(&self.salt.to_le_bytes());
         salt[8..16].copy_from_slice(&self.vm.to_le_bytes());
         let mut s = Session::primary(self.vm, Key(self.key), salt);
-        let xl = format!("name = \"{}\"\nmemory = {}\n", self.name, self.pages * 4 / 1024);
+        let xl = format!(
+            "name = \"{}\"\nmemory = {}\n",
+            self.name,
+            self.pages * 4 / 1024
+        );
         let f = s
             .seal(&Message::Hello(Hello {
                 vm_uuid: [7; 16],
@@ -201,7 +215,12 @@ impl Primary {
         r.expect("welcome without error");
         self.on_welcome(w.committed_epoch);
         // Prove liveness at once.
-        let hb = self.session.as_mut().unwrap().seal(&Message::Heartbeat(Heartbeat { time_ms: now })).unwrap();
+        let hb = self
+            .session
+            .as_mut()
+            .unwrap()
+            .seal(&Message::Heartbeat(Heartbeat { time_ms: now }))
+            .unwrap();
         let back = self.deliver(rx, &hb, now).expect("heartbeat");
         assert_eq!(back.heartbeats, 1);
         Ok(w.committed_epoch)
@@ -219,7 +238,11 @@ impl Primary {
                 self.enc.abort_epoch();
             }
         }
-        assert_eq!(committed, self.acked, "{}: appliance and primary disagree on the committed epoch", self.name);
+        assert_eq!(
+            committed, self.acked,
+            "{}: appliance and primary disagree on the committed epoch",
+            self.name
+        );
         self.next_epoch = committed.map_or(1, |e| e + 1);
     }
 
@@ -234,16 +257,32 @@ impl Primary {
             .collect();
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         self.enc.take_stats();
-        self.enc.encode_epoch(image, dirty.iter().copied(), &mut |c| chunks.push(c.to_vec()));
+        self.enc
+            .encode_epoch(image, dirty.iter().copied(), &mut |c| {
+                chunks.push(c.to_vec())
+            });
         let st = self.enc.take_stats();
         let records = st.zero_pages + st.raw_pages + st.ops_pages + st.zops_pages;
         let epoch = self.next_epoch;
         let s = self.session.as_mut().unwrap();
         let mut out = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            s.seal_into(&Message::Epoch(EpochData { epoch, chunk_index: i as u32, data: c }), &mut out).unwrap();
+            s.seal_into(
+                &Message::Epoch(EpochData {
+                    epoch,
+                    chunk_index: i as u32,
+                    data: c,
+                }),
+                &mut out,
+            )
+            .unwrap();
         }
-        let commit = Commit { epoch, chunks: chunks.len() as u32, pages: records, digest: [0; 32] };
+        let commit = Commit {
+            epoch,
+            chunks: chunks.len() as u32,
+            pages: records,
+            digest: [0; 32],
+        };
         s.seal_into(&Message::Commit(commit), &mut out).unwrap();
         self.pending = Some((epoch, image.to_vec()));
         out
@@ -251,7 +290,12 @@ impl Primary {
 
     /// Feeds `bytes` to the appliance in pieces of `self.split`, and what comes back to the
     /// session. ACKs resolve the pending epoch.
-    pub fn deliver(&mut self, rx: &mut Rx, bytes: &[u8], now: u64) -> Result<Back, (ConnError, Back)> {
+    pub fn deliver(
+        &mut self,
+        rx: &mut Rx,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<Back, (ConnError, Back)> {
         let conn = self.conn.unwrap();
         let mut back = Back::default();
         let mut out = Vec::new();
@@ -275,7 +319,9 @@ impl Primary {
 
     /// Reads the appliance's answer.
     pub fn absorb(&mut self, out: &[u8], back: &mut Back) {
-        let Some(s) = self.session.as_mut() else { return };
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
         s.feed(out);
         let mut acks = Vec::new();
         let mut welcome = None;
@@ -285,7 +331,10 @@ impl Primary {
                 Ok(Some(Message::Ack(a))) => acks.push(a.epoch),
                 Ok(Some(Message::Error(e))) => back.errors.push((e.code.0, e.reason.to_string())),
                 Ok(Some(Message::Heartbeat(_))) => back.heartbeats += 1,
-                Ok(Some(Message::ReadReply(r))) => back.read_data.push((r.request_id, r.first_pfn, r.data.to_vec())),
+                Ok(Some(Message::ReadReply(r))) => {
+                    back.read_data
+                        .push((r.request_id, r.first_pfn, r.data.to_vec()))
+                }
                 Ok(Some(m)) => panic!("unexpected {m:?}"),
                 Ok(None) => break,
                 Err(e) => panic!("primary session error {e}"),
@@ -308,7 +357,9 @@ impl Primary {
     /// Sends one epoch bringing the appliance to `image` and expects its ACK.
     pub fn sync(&mut self, rx: &mut Rx, image: &[u8], now: u64) {
         let b = self.epoch_bytes(image);
-        let back = self.deliver(rx, &b, now).unwrap_or_else(|(e, b)| panic!("{}: {e} {:?}", self.name, b.errors));
+        let back = self
+            .deliver(rx, &b, now)
+            .unwrap_or_else(|(e, b)| panic!("{}: {e} {:?}", self.name, b.errors));
         assert_eq!(back.acks.len(), 1, "{}: {:?}", self.name, back);
     }
 
@@ -331,12 +382,19 @@ impl Primary {
                 .session
                 .as_mut()
                 .unwrap()
-                .seal(&Message::Read(Read { request_id: id, first_pfn: pfn, count }))
+                .seal(&Message::Read(Read {
+                    request_id: id,
+                    first_pfn: pfn,
+                    count,
+                }))
                 .unwrap();
             let back = self.deliver(rx, &f, now).expect("read");
             assert_eq!(back.read_data.len(), 1);
             let (rid, first, data) = &back.read_data[0];
-            assert_eq!((*rid, *first, data.len()), (id, pfn, count as usize * PAGE_SIZE));
+            assert_eq!(
+                (*rid, *first, data.len()),
+                (id, pfn, count as usize * PAGE_SIZE)
+            );
             img.extend_from_slice(data);
             pfn += u64::from(count);
             id += 1;
@@ -350,13 +408,19 @@ pub fn store_image(rx: &mut Rx, vm: u64) -> Vec<u8> {
     let pages = rx.store().page_count(vm).unwrap();
     let mut img = vec![0u8; pages as usize * PAGE_SIZE];
     for (p, page) in img.chunks_exact_mut(PAGE_SIZE).enumerate() {
-        rx.read_page(vm, p as u64, page.try_into().unwrap()).unwrap();
+        rx.read_page(vm, p as u64, page.try_into().unwrap())
+            .unwrap();
     }
     img
 }
 
 pub fn small_chunks(block_size: usize) -> EncoderConfig {
-    EncoderConfig { block_size, max_chunk_len: 16 * 1024, batch_len: 8 * 1024, ..EncoderConfig::default() }
+    EncoderConfig {
+        block_size,
+        max_chunk_len: 16 * 1024,
+        batch_len: 8 * 1024,
+        ..EncoderConfig::default()
+    }
 }
 
 /// What the store holds, independent of table capacities: page objects, references, frames.
