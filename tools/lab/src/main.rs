@@ -198,35 +198,70 @@ fn run_scenarios(
     live: bool,
 ) -> Result<()> {
     let mut failed = Vec::new();
+    let mut retried = Vec::new();
     for sc in list {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
-        let dir = out.join("runs").join(format!("{}-{stamp}", sc.name));
-        eprintln!(
-            "lab: scenario {} ({} host(s), timeout {}s)",
-            sc.name,
-            sc.hosts,
-            sc.timeout.as_secs()
-        );
-        let o = scenario::run(sc, img, &dir, live)?;
-        let verdict = if o.passed { "PASS" } else { "FAIL" };
-        println!(
-            "lab: {verdict} {} in {:.1}s: {} (logs: {})",
-            sc.name,
-            o.elapsed.as_secs_f64(),
-            o.reason,
-            o.log_dir.display()
-        );
-        if !o.passed {
+        let mut attempt = 1;
+        loop {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let dir = out.join("runs").join(format!("{}-{stamp}", sc.name));
+            eprintln!(
+                "lab: scenario {} ({} host(s), timeout {}s)",
+                sc.name,
+                sc.hosts,
+                sc.timeout.as_secs()
+            );
+            let o = scenario::run(sc, img, &dir, live)?;
+            let verdict = if o.passed { "PASS" } else { "FAIL" };
+            println!(
+                "lab: {verdict} {} in {:.1}s: {} (logs: {})",
+                sc.name,
+                o.elapsed.as_secs_f64(),
+                o.reason,
+                o.log_dir.display()
+            );
+            if o.passed {
+                break;
+            }
             show_tail(&o.log_dir, sc.hosts);
-            failed.push(sc.name.clone());
+            // A guest that triple-faults under QEMU's TCG emulation of nested SVM (seen in
+            // about one run in twenty, at boot, under protection and after a resume, at
+            // unrelated guest addresses) says nothing about the code under test; one retry,
+            // said out loud and counted. Any other failure, or a second one, stands.
+            match triple_fault(&o.log_dir, sc.hosts) {
+                Some(line) if attempt == 1 => {
+                    println!("lab: RETRY {}: a guest triple-faulted under TCG ({line}); running it once more", sc.name);
+                    retried.push(sc.name.clone());
+                    attempt += 1;
+                }
+                _ => {
+                    failed.push(sc.name.clone());
+                    break;
+                }
+            }
         }
+    }
+    if !retried.is_empty() {
+        println!(
+            "lab: retried after a guest triple fault: {}",
+            retried.join(", ")
+        );
     }
     if !failed.is_empty() {
         bail!("scenarios failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The first "Triple fault" line Xen printed on any host of a run, if any.
+fn triple_fault(dir: &Path, hosts: usize) -> Option<String> {
+    (0..hosts).find_map(|i| {
+        let text = std::fs::read_to_string(dir.join(format!("host{i}.serial.log"))).ok()?;
+        text.lines()
+            .find(|l| l.contains("Triple fault"))
+            .map(|l| format!("host{i}: {}", l.trim()))
+    })
 }
 
 /// Prints the end of every host's serial log of a failed run.
@@ -239,5 +274,29 @@ fn show_tail(dir: &Path, hosts: usize) {
         for l in &lines[lines.len().saturating_sub(40)..] {
             eprintln!("{l}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::triple_fault;
+
+    #[test]
+    fn triple_fault_is_found_on_any_host() {
+        let dir = std::env::temp_dir().join(format!("lab-tf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("host0.serial.log"), "LAB: SHOW ok\n").unwrap();
+        std::fs::write(
+            dir.join("host1.serial.log"),
+            "x\n(XEN) d4v0 Triple fault - invoking HVM shutdown action 1\n",
+        )
+        .unwrap();
+        assert_eq!(triple_fault(&dir, 1), None);
+        let found = triple_fault(&dir, 2).unwrap();
+        assert!(
+            found.starts_with("host1: (XEN) d4v0 Triple fault"),
+            "{found}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
