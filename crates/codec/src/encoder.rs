@@ -92,6 +92,14 @@ pub struct EncodeStats {
     pub blocks_zero: u64,
     /// Bytes of records written.
     pub bytes_out: u64,
+    /// Control bytes of split batches ([`tag::ZSPLIT`]) before zstd.
+    pub ctl_raw: u64,
+    /// Those control bytes after zstd.
+    pub ctl_z: u64,
+    /// Literal bytes of split batches before zstd.
+    pub lit_raw: u64,
+    /// Those literal bytes after zstd.
+    pub lit_z: u64,
 }
 
 const EMPTY: u32 = u32::MAX;
@@ -164,7 +172,12 @@ pub struct Encoder {
     /// Differing bytes per block of the current page.
     dcount: Vec<u32>,
     stats: EncodeStats,
+    /// Analysis hook: sees the control and literal bytes of each split batch before zstd.
+    tap: Option<StreamTap>,
 }
+
+/// See [`Encoder::set_stream_tap`].
+pub type StreamTap = Box<dyn FnMut(&[u8], &[u8]) + Send>;
 
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -326,6 +339,7 @@ impl Encoder {
             dmask: Box::new([0; PAGE_SIZE / 64]),
             dcount: vec![0; bpp],
             stats: EncodeStats::default(),
+            tap: None,
         })
     }
 
@@ -367,6 +381,12 @@ impl Encoder {
         }
     }
 
+    /// For analysis tools (entropy bounds, other compressors): `tap` is called with the
+    /// control and the literal bytes of every split batch before they are compressed.
+    pub fn set_stream_tap(&mut self, tap: Option<StreamTap>) {
+        self.tap = tap;
+    }
+
     /// Returns and resets the counters.
     pub fn take_stats(&mut self) -> EncodeStats {
         std::mem::take(&mut self.stats)
@@ -403,7 +423,8 @@ impl Encoder {
                 self.dcount[b] = d as u32;
                 cmask |= u128::from(d != 0) << b;
             }
-            self.kinds.fill(Kind::Skip);
+            // `kinds` is all Skip between pages (step 5 resets the changed blocks).
+            debug_assert!(self.kinds.iter().all(|&k| k == Kind::Skip));
             let mut m = cmask;
             while m != 0 {
                 let b = m.trailing_zeros() as usize;
@@ -549,18 +570,7 @@ impl Encoder {
                     }
                     Kind::Xor => {
                         let start = self.ops.len();
-                        let o = &self.shadow[base..base + PAGE_SIZE];
-                        let lit = put_delta(
-                            &mut self.ops,
-                            &mut self.ops_spans,
-                            o,
-                            page,
-                            &self.dmask[..],
-                            b,
-                            e,
-                            bs,
-                            self.cfg.patch,
-                        );
+                        let lit = self.put_delta_blocks(base, page, b, e);
                         if lit && self.kinds[b..e].contains(&Kind::Skip) {
                             // Mostly new content: literal blocks, but keep the unchanged
                             // blocks of the run as skips.
@@ -575,18 +585,7 @@ impl Encoder {
                                 if skip {
                                     put_op(&mut self.ops, op::SKIP, j - i);
                                 } else {
-                                    let o = &self.shadow[base..base + PAGE_SIZE];
-                                    put_delta(
-                                        &mut self.ops,
-                                        &mut self.ops_spans,
-                                        o,
-                                        page,
-                                        &self.dmask[..],
-                                        i,
-                                        j,
-                                        bs,
-                                        self.cfg.patch,
-                                    );
+                                    self.put_delta_blocks(base, page, i, j);
                                 }
                                 i = j;
                             }
@@ -676,11 +675,35 @@ impl Encoder {
                     self.index[s] = (h >> 32) << 32 | (first_blk + blk as u64);
                 }
                 self.undo_blocks.push((first_blk + blk as u64) as u32);
+                self.kinds[blk] = Kind::Skip;
             }
             let r = base + b * bs..base + e * bs;
             self.undo_data.extend_from_slice(&self.shadow[r.clone()]);
             self.shadow[r].copy_from_slice(&page[b * bs..e * bs]);
         }
+    }
+
+    /// [`put_delta`] of blocks `b..e` of `page` (at byte `base` of the image) against its shadow
+    /// into the page's op stream.
+    fn put_delta_blocks(
+        &mut self,
+        base: usize,
+        page: &[u8; PAGE_SIZE],
+        b: usize,
+        e: usize,
+    ) -> bool {
+        let old = &self.shadow[base..base + PAGE_SIZE];
+        put_delta(
+            &mut self.ops,
+            &mut self.ops_spans,
+            old,
+            page,
+            &self.dmask[..],
+            b,
+            e,
+            self.bs,
+            self.cfg.patch,
+        )
     }
 
     /// Moves the open batch into the chunk, compressed as one [`tag::ZBATCH`] record when that is
@@ -714,6 +737,9 @@ impl Encoder {
                         "literal spans disagree with split::split"
                     );
                 }
+                if let Some(tap) = self.tap.as_mut() {
+                    tap(&self.ctl, &self.lit);
+                }
                 let cc = if self.ctl.is_empty() {
                     Some(0)
                 } else {
@@ -744,6 +770,10 @@ impl Encoder {
                         if lc > 0 {
                             self.chunk.extend_from_slice(&self.zout2[4..]);
                         }
+                        self.stats.ctl_raw += self.ctl.len() as u64;
+                        self.stats.ctl_z += cc as u64;
+                        self.stats.lit_raw += self.lit.len() as u64;
+                        self.stats.lit_z += lc as u64;
                         self.clear_batch();
                         self.stats.batches += 1;
                         return;

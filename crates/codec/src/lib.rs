@@ -26,7 +26,7 @@ use core::fmt;
 #[cfg(feature = "std")]
 mod encoder;
 #[cfg(feature = "std")]
-pub use encoder::{EncodeStats, Encoder, EncoderConfig, MemoryOverhead};
+pub use encoder::{EncodeStats, Encoder, EncoderConfig, MemoryOverhead, StreamTap};
 
 /// Version of the record format (`FORMAT.md`) the encoder writes; the decoder also reads every
 /// earlier version (version 2 only added [`tag::ZSPLIT`]).
@@ -463,18 +463,8 @@ pub mod zrle {
         out: &mut Vec<u8>,
         xor: bool,
     ) {
-        let mut i = s;
-        while i < e {
-            let zs = i;
-            let ls = next_one(m, i, e);
-            if ls >= e {
-                put_pair(out, old, new, zs, e, e, xor);
-                break;
-            }
-            let le = next_stop(m, ls + 1, e);
-            put_pair(out, old, new, zs, ls, le, xor);
-            i = le;
-        }
+        let mut spans = Vec::new();
+        encode_masked_spans(old, new, m, s, e, out, xor, &mut spans);
     }
 
     /// [`encode_masked`], also appending to `spans` the position in `out` and the length of

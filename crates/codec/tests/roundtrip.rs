@@ -216,6 +216,39 @@ fn aborted_epoch_rolls_back_the_shadow() {
 }
 
 #[test]
+fn stream_tap_sees_what_the_split_counters_count() {
+    use std::sync::{Arc, Mutex};
+    let pages = 64;
+    let mut enc = Encoder::new(EncoderConfig::default(), pages).unwrap();
+    let mut img = vec![0u8; pages as usize * PAGE_SIZE];
+    for (i, b) in img.iter_mut().enumerate() {
+        *b = (i % 251) as u8 ^ (i / 4096) as u8;
+    }
+    enc.encode_epoch(&img, 0..pages, &mut |_| {});
+    enc.commit_epoch();
+    enc.take_stats();
+    let seen = Arc::new(Mutex::new((0usize, 0usize)));
+    let sink = seen.clone();
+    enc.set_stream_tap(Some(Box::new(move |c: &[u8], l: &[u8]| {
+        let mut s = sink.lock().unwrap();
+        s.0 += c.len();
+        s.1 += l.len();
+    })));
+    // Small scattered changes: control bytes (positions) and literal bytes (new values).
+    for p in 0..pages as usize {
+        for k in 0..8 {
+            img[p * PAGE_SIZE + k * 500 + p] = 0xa5 ^ k as u8;
+        }
+    }
+    enc.encode_epoch(&img, 0..pages, &mut |_| {});
+    let s = enc.take_stats();
+    let (c, l) = *seen.lock().unwrap();
+    assert!(s.batches > 0 && c > 0 && l > 0, "{s:?}");
+    assert_eq!((s.ctl_raw, s.lit_raw), (c as u64, l as u64));
+    assert!(s.ctl_z > 0 && s.ctl_z < s.ctl_raw && s.lit_z > 0, "{s:?}");
+}
+
+#[test]
 fn duplicated_pages_go_as_references() {
     let mut enc = Encoder::new(EncoderConfig::default(), 8).unwrap();
     let mut img = vec![0u8; 8 * PAGE_SIZE];
