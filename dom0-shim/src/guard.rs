@@ -94,16 +94,18 @@ pub struct Tracker {
     changed_at: Instant,
     /// The primary's checkpoint interval, from the restore state.
     interval: Option<Duration>,
-    /// When the committed epoch last changed, and the last gaps between
-    /// commits: a loaded primary's epochs come slower than its interval,
-    /// and silence is judged against the slower of the interval and the
-    /// median gap (a median, so that one long epoch does not count).
-    committed_at: Instant,
+    /// The last gaps between changes of the signs: a loaded primary's
+    /// epochs come slower than its interval, and silence is judged against
+    /// the slower of the interval and the median gap (a median, so that one
+    /// long pause does not count). Any sign counts, not only commits: a
+    /// primary whose epochs are bound by the wire moves `bytes_received` at
+    /// every status update while a commit takes seconds, and is judged by
+    /// that pace.
     gaps: std::collections::VecDeque<Duration>,
     verdict: Verdict,
 }
 
-/// Commit gaps kept; their median is the primary's epoch period.
+/// Gaps kept; their median is the primary's pace.
 const GAPS: usize = 8;
 
 /// What the guard should do about a VM after an observation.
@@ -115,8 +117,9 @@ pub enum Call {
     HeardAgain,
     /// Silent this long with nothing committed: report, do not resume.
     SilentWithoutEpoch(Duration),
-    /// Silent this long with an epoch committed, judged against this
-    /// epoch period: a candidate for takeover.
+    /// Silent this long with an epoch committed, judged against this pace
+    /// (the slower of the interval and the median gap between signs of
+    /// life): a candidate for takeover.
     Dead(Duration, Duration),
 }
 
@@ -127,7 +130,6 @@ impl Tracker {
             signs,
             changed_at: now,
             interval: None,
-            committed_at: now,
             gaps: std::collections::VecDeque::new(),
             verdict: Verdict::Watching,
         }
@@ -175,14 +177,11 @@ impl Tracker {
             if self.verdict != Verdict::Watching {
                 call = Call::HeardAgain;
             }
-            if self.signs.epoch != signs.epoch {
-                if self.committed() {
-                    self.gaps.push_back(now - self.committed_at);
-                    if self.gaps.len() > GAPS {
-                        self.gaps.pop_front();
-                    }
+            if self.committed() {
+                self.gaps.push_back(now - self.changed_at);
+                if self.gaps.len() > GAPS {
+                    self.gaps.pop_front();
                 }
-                self.committed_at = now;
             }
             self.signs = signs;
             self.changed_at = now;
@@ -310,7 +309,7 @@ pub fn run(o: &GuardOptions) -> Result<()> {
             }
             let detected = uptime_s();
             println!(
-                "guard: {vm}: FAILOVER: primary silent for {} ms (> {} epochs of {} ms), detected at {detected:.2} s; resuming from committed epoch {}",
+                "guard: {vm}: FAILOVER: primary silent for {} ms (> {} x its pace of {} ms), detected at {detected:.2} s; resuming from committed epoch {}",
                 silent.as_millis(),
                 o.missed,
                 period.as_millis(),
@@ -462,6 +461,36 @@ mod tests {
             t.observe(signs(10, "11"), t0 + MS(8000 + 4500), 5, MS(500)),
             Call::Dead(..)
         ));
+    }
+
+    #[test]
+    fn a_primary_streaming_long_epochs_is_judged_by_its_bytes() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(signs(0, "1"), t0);
+        t.set_interval(MS(200));
+        // Commits every 6 s (37 MB epochs over a slow wire), bytes moving at
+        // every status update (1 s).
+        for s in 1..=30u64 {
+            let epoch = (1 + s / 6).to_string();
+            assert_eq!(
+                t.observe(
+                    signs(s as u32 * 1000, &epoch),
+                    t0 + MS(s * 1000),
+                    5,
+                    MS(1000)
+                ),
+                Call::Wait
+            );
+        }
+        let last = t0 + MS(30_000);
+        assert_eq!(
+            t.observe(signs(30_000, "6"), last + MS(4900), 5, MS(1000)),
+            Call::Wait
+        );
+        match t.observe(signs(30_000, "6"), last + MS(5100), 5, MS(1000)) {
+            Call::Dead(_, period) => assert_eq!(period, MS(1000)),
+            c => panic!("not judged by the bytes' pace: {c:?}"),
+        }
     }
 
     #[test]
