@@ -229,10 +229,10 @@ impl<'a> CommittedFrames<'a> {
             }
             let map = fm.map(app, &dir_frames)?;
             let mut frames = Vec::with_capacity(pages);
-            for i in 0..dir_frames.len() {
-                let page = map.page(i).with_context(|| {
-                    format!("directory frame {:#x} does not map", dir_frames[i])
-                })?;
+            for (i, f) in dir_frames.iter().enumerate() {
+                let page = map
+                    .page(i)
+                    .with_context(|| format!("directory frame {f:#x} does not map"))?;
                 for e in page.chunks_exact(8).take(pages - frames.len()) {
                     frames.push(u64::from_le_bytes(e.try_into().expect("8 bytes")));
                 }

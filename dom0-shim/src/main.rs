@@ -346,7 +346,7 @@ fn image_files(dir: &str) -> Result<(Vec<std::path::PathBuf>, usize)> {
         .first()
         .with_context(|| format!("{dir} holds no images"))?;
     let size = std::fs::metadata(first)?.len() as usize;
-    if size == 0 || size % checkpoint::PAGE != 0 {
+    if size == 0 || !size.is_multiple_of(checkpoint::PAGE) {
         bail!(
             "{}: size {size} is not a whole number of pages",
             first.display()

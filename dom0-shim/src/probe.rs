@@ -391,7 +391,7 @@ pub fn too_big(t: &Target) -> Result<()> {
         &format!(
             "HELLO of VM '{}' with {} MiB of memory",
             t.name,
-            t.pages * PAGE_SIZE as u64 >> 20
+            (t.pages * PAGE_SIZE as u64) >> 20
         ),
         &end,
     )
@@ -557,19 +557,18 @@ pub fn throughput(t: &Target, images: &[String]) -> Result<f64> {
                 let ts = Instant::now();
                 {
                     let mut s = wsession.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-                    let m = if k < n {
-                        Message::Epoch(EpochData {
+                    let m = match chunks.get(k) {
+                        Some(data) => Message::Epoch(EpochData {
                             epoch,
                             chunk_index: k as u32,
-                            data: &chunks[k],
-                        })
-                    } else {
-                        Message::Commit(Commit {
+                            data,
+                        }),
+                        None => Message::Commit(Commit {
                             epoch,
                             chunks: n as u32,
                             pages: *records,
                             digest: [0; 32],
-                        })
+                        }),
                     };
                     s.seal_into(&m, &mut frame)
                         .map_err(|e| anyhow::anyhow!("sealing: {e}"))?;

@@ -203,7 +203,7 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
         o.name,
         o.domid,
         cp.pages(),
-        cp.pages() * PAGE >> 20,
+        (cp.pages() * PAGE) >> 20,
         t0.elapsed().as_secs_f64()
     );
     let mut config = xl_config_json(o.domid);

@@ -186,7 +186,7 @@ impl VmState {
                     seen_meta = true;
                 }
                 k if k == Kind::Layout as u32 => {
-                    ensure!(n % 16 == 0, "layout record of {n} bytes");
+                    ensure!(n.is_multiple_of(16), "layout record of {n} bytes");
                     for run in data.chunks_exact(16) {
                         let (first, count) = (u64_at(run, 0), u64_at(run, 8));
                         ensure!(count <= 1 << 40, "layout run of {count} frames");
@@ -197,7 +197,7 @@ impl VmState {
                 }
                 k if k == Kind::HvmContext as u32 => s.hvm_context = data.to_vec(),
                 k if k == Kind::HvmParams as u32 => {
-                    ensure!(n % 16 == 0, "params record of {n} bytes");
+                    ensure!(n.is_multiple_of(16), "params record of {n} bytes");
                     s.hvm_params = data
                         .chunks_exact(16)
                         .map(|p| (u64_at(p, 0), u64_at(p, 8)))

@@ -70,7 +70,7 @@ fn mutate(img: &mut [u8], epoch: u64) -> Vec<u64> {
     let pages = img.len() / PAGE;
     let mut dirty = Vec::new();
     for p in 0..pages {
-        if (p as u64 * 2654435761 + epoch * 97) % 7 == 0 {
+        if (p as u64 * 2654435761 + epoch * 97).is_multiple_of(7) {
             for (i, b) in img[p * PAGE..p * PAGE + 512].iter_mut().enumerate() {
                 *b = (epoch as u8).wrapping_mul(31).wrapping_add(i as u8);
             }

@@ -59,7 +59,7 @@ fn parse_args() -> Result<Config, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if cfg.record_size < records::MIN_RECORD || cfg.record_size % 8 != 0 {
+    if cfg.record_size < records::MIN_RECORD || !cfg.record_size.is_multiple_of(8) {
         return Err(format!(
             "--record-size must be a multiple of 8, at least {}",
             records::MIN_RECORD

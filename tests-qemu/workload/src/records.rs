@@ -73,7 +73,7 @@ impl Records {
     /// Fills `bytes` of memory with records of `record_size` bytes, all at seq 0.
     pub fn new(bytes: usize, record_size: usize) -> Records {
         assert!(
-            record_size >= MIN_RECORD && record_size % 8 == 0,
+            record_size >= MIN_RECORD && record_size.is_multiple_of(8),
             "record size must be a multiple of 8, >= {MIN_RECORD}"
         );
         let count = bytes / record_size;

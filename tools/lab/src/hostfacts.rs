@@ -25,7 +25,7 @@ pub fn kernel() -> Result<Kernel> {
         })
         .filter(|v| PathBuf::from(format!("/lib/modules/{v}/modules.dep")).exists())
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|a| version_key(a));
     match versions.pop() {
         Some(version) => Ok(Kernel {
             image: PathBuf::from(format!("/boot/vmlinuz-{version}")),
