@@ -37,7 +37,8 @@ case "$reply" in "verify ok"*) ;; *) dump_guest testvm; fail "self-check after f
 show "resumed guest: $reply"
 
 # The client's view: values never go back across the failover (output
-# commit: nothing it saw was lost); the longest silence is the downtime it saw.
+# commit: nothing it saw was lost); the silence across the resume is the
+# downtime it saw.
 RESUMED=$(sed -n 's/.*resumed_at=\([0-9.]*\).*/\1/p' /tmp/guard.txt)
 wait_for 60 "the client's values after the resume" awk -v r="$RESUMED" '$1 > r { f = 1 } END { exit !f }' /tmp/client.txt
 client_check "$RESUMED" > /tmp/client-check.txt || { cat /tmp/client-check.txt; fail "the client's view of the failover"; }
