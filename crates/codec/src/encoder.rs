@@ -198,6 +198,22 @@ fn is_zero(n: &[u8]) -> bool {
     nz == 0
 }
 
+/// The zstd context the encoder compresses batches with at `level` (also for tools that time
+/// zstd alone on the same streams).
+pub fn batch_compressor(level: i32) -> zstd::bulk::Compressor<'static> {
+    let mut zc = zstd::bulk::Compressor::new(level).expect("zstd context");
+    if (1..=2).contains(&level) {
+        // Tuned on captured guest memory (tools/bench/results/README.md): matches of 5 bytes
+        // (default 6) and a 64 Ki-entry hash table (default 8-16 Ki for batch-sized inputs) make
+        // batches 2-7% smaller for about 2% more encoder instructions. Frames stay
+        // standard (no dictionary, same window), so the decoder is unaffected.
+        use zstd::zstd_safe::CParameter;
+        let _ = zc.set_parameter(CParameter::MinMatch(ZSTD_MIN_MATCH));
+        let _ = zc.set_parameter(CParameter::HashLog(ZSTD_HASH_LOG));
+    }
+    zc
+}
+
 /// Number of differing bytes of block `b` (of `bs` bytes) from the page's byte mask.
 #[inline]
 fn block_diff_count(m: &[u64; PAGE_SIZE / 64], b: usize, bs: usize) -> usize {
@@ -294,16 +310,7 @@ impl Encoder {
                 .trailing_zeros()
         });
         let slots = 1usize << log2.min(32);
-        let mut zc = zstd::bulk::Compressor::new(cfg.zstd_level).expect("zstd context");
-        if (1..=2).contains(&cfg.zstd_level) {
-            // Tuned on captured guest memory (tools/bench/results/README.md): matches of 5 bytes
-            // (default 6) and a 64 Ki-entry hash table (default 8-16 Ki for batch-sized inputs) make
-            // batches 2-7% smaller for about 2% more encoder instructions. Frames stay
-            // standard (no dictionary, same window), so the decoder is unaffected.
-            use zstd::zstd_safe::CParameter;
-            let _ = zc.set_parameter(CParameter::MinMatch(ZSTD_MIN_MATCH));
-            let _ = zc.set_parameter(CParameter::HashLog(ZSTD_HASH_LOG));
-        }
+        let zc = batch_compressor(cfg.zstd_level);
         Ok(Encoder {
             cfg: EncoderConfig {
                 max_chunk_len: cfg

@@ -26,7 +26,9 @@ use core::fmt;
 #[cfg(feature = "std")]
 mod encoder;
 #[cfg(feature = "std")]
-pub use encoder::{EncodeStats, Encoder, EncoderConfig, MemoryOverhead, StreamTap};
+pub use encoder::{
+    batch_compressor, EncodeStats, Encoder, EncoderConfig, MemoryOverhead, StreamTap,
+};
 
 /// Version of the record format (`FORMAT.md`) the encoder writes; the decoder also reads every
 /// earlier version (version 2 only added [`tag::ZSPLIT`]).

@@ -173,11 +173,7 @@ fn dump(batches: &[(Vec<u8>, Vec<u8>)]) {
 /// Seconds (best of 3) to zstd the split batches' streams alone, batch by batch, with the
 /// encoder's settings.
 fn zstd_seconds(batches: &[(Vec<u8>, Vec<u8>)], level: i32) -> f64 {
-    let mut zc = zstd::bulk::Compressor::new(level).expect("zstd");
-    zc.set_parameter(zstd::zstd_safe::CParameter::MinMatch(5))
-        .expect("zstd min match");
-    zc.set_parameter(zstd::zstd_safe::CParameter::HashLog(16))
-        .expect("zstd hash log");
+    let mut zc = resilire_codec::batch_compressor(level);
     let mut out = Vec::with_capacity(1 << 20);
     let mut best = f64::MAX;
     for _ in 0..3 {
