@@ -108,6 +108,19 @@ struct Last {
     ack: Duration,
 }
 
+impl Last {
+    /// The figures of epoch `epoch`, acknowledged after `ack`.
+    fn committed(epoch: u64, e: &Epoch, st: &EpochStats, ack: Duration) -> Last {
+        Last {
+            epoch: Some(epoch),
+            pause: e.pause.total(),
+            dirty: st.dirty,
+            wire: st.wire,
+            ack,
+        }
+    }
+}
+
 /// The per-epoch log, opened for appending.
 struct EpochLog(Option<std::fs::File>);
 
@@ -271,13 +284,7 @@ fn protect_loop(o: &ProtectOptions, oc: &mut Option<OutputCommit>) -> Result<()>
                 wires.push(st.wire);
                 dirties.push(st.dirty);
                 done += 1;
-                last = Last {
-                    epoch: Some(epoch),
-                    pause: e.pause.total(),
-                    dirty: st.dirty,
-                    wire: st.wire,
-                    ack,
-                };
+                last = Last::committed(epoch, &e, &st, ack);
                 write_status(o, "protected", &last, "");
             }
             Err(err) => {
@@ -444,13 +451,7 @@ fn synchronise(
     );
     println!("protect: {line}");
     log.line(&format!("epoch={epoch} {line}"));
-    let last = Last {
-        epoch: Some(epoch),
-        pause: e.pause.total(),
-        dirty: st.dirty,
-        wire: st.wire,
-        ack,
-    };
+    let last = Last::committed(epoch, &e, &st, ack);
     write_status(o, "protected", &last, "");
     Ok(sh)
 }
